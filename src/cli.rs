@@ -1,0 +1,162 @@
+//! Command line: `init`, `run`, `check-config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use crate::config::{Config, Overrides};
+use crate::error::{RelayError, Result};
+use crate::schema;
+use crate::source::control;
+
+/// Publishes transactional-outbox rows from PostgreSQL to Kafka, in commit
+/// order, checkpointing only after the broker acknowledged.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version)]
+pub struct Cli {
+    /// TOML configuration file (every key can also come from OUTBOX_RELAY_* variables).
+    #[arg(long, short, global = true, env = "OUTBOX_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL connection URL (overrides postgres.url).
+    #[arg(
+        long,
+        global = true,
+        env = "OUTBOX_RELAY_POSTGRES_URL",
+        hide_env_values = true
+    )]
+    pub postgres_url: Option<String>,
+    /// Kafka bootstrap servers (overrides kafka.brokers).
+    #[arg(long, global = true, env = "OUTBOX_RELAY_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "OUTBOX_RELAY_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the outbox table, publication, emit function, checkpoint table and slot (idempotent).
+    Init {
+        /// Print the SQL instead of executing it (for DBAs).
+        #[arg(long)]
+        print_sql: bool,
+    },
+    /// Tail the outbox and publish to Kafka until SIGTERM/SIGINT.
+    Run,
+    /// Validate the configuration and print it with secrets masked.
+    CheckConfig,
+}
+
+impl Cli {
+    /// Load the configuration with this command line's overrides.
+    pub fn load_config(&self) -> Result<Config> {
+        let overrides = Overrides {
+            postgres_url: self.postgres_url.clone(),
+            kafka_brokers: self.kafka_brokers.clone(),
+        };
+        Ok(Config::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+/// Execute the parsed command.
+pub async fn execute(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init { print_sql: true } => {
+            // Printing needs no connection, so no URL either.
+            let cfg = cli.load_config().or_else(|e| match e {
+                RelayError::Config(ref c)
+                    if c.key == "postgres.url" || c.key == "kafka.brokers" =>
+                {
+                    lenient_config(&cli)
+                }
+                other => Err(other),
+            })?;
+            print!("{}", schema::render_init(&cfg));
+            Ok(())
+        }
+        Command::Init { print_sql: false } => {
+            let cfg = cli.load_config()?;
+            let client = control::connect(&cfg, "init").await?;
+            let report = control::init(&client, &cfg).await?;
+            println!(
+                "initialised: table {}, publication {}, checkpoint table {}, slot {} ({})",
+                cfg.outbox.table,
+                cfg.postgres.publication,
+                cfg.outbox.checkpoint_table,
+                cfg.postgres.slot,
+                if report.slot_created {
+                    "created"
+                } else {
+                    "already existed"
+                }
+            );
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let cfg = cli.load_config()?;
+            // librdkafka validates property names and values on creation.
+            crate::sink::Publisher::new(&cfg)?;
+            println!(
+                "# configuration is valid (secrets masked)\n{}",
+                cfg.redacted()
+            );
+            Ok(())
+        }
+        Command::Run => {
+            let cfg = cli.load_config()?;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown requested");
+                let _ = tx.send(true);
+            });
+            crate::app::run(cfg, rx).await
+        }
+    }
+}
+
+/// Config for `--print-sql` when connection keys are missing.
+fn lenient_config(cli: &Cli) -> Result<Config> {
+    let overrides = Overrides {
+        postgres_url: Some(
+            cli.postgres_url
+                .clone()
+                .unwrap_or_else(|| "postgres://postgres@localhost/postgres".into()),
+        ),
+        kafka_brokers: Some(
+            cli.kafka_brokers
+                .clone()
+                .unwrap_or_else(|| "localhost:9092".into()),
+        ),
+    };
+    Ok(Config::load(cli.config.as_deref(), &overrides)?)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

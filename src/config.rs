@@ -1,0 +1,673 @@
+//! Configuration: a TOML file, every key overridable by environment, then
+//! validated once so the rest of the relay can trust it.
+//!
+//! Precedence (highest first): command-line flags, environment, file,
+//! defaults. The environment name of a key is `OUTBOX_RELAY_` + its dotted
+//! path in upper case with `.` and `-` turned into `_`:
+//! `kafka.max-in-flight` → `OUTBOX_RELAY_KAFKA_MAX_IN_FLIGHT`,
+//! `postgres.url` → `OUTBOX_RELAY_POSTGRES_URL`. librdkafka properties go
+//! through `OUTBOX_RELAY_KAFKA_PROPERTY_<NAME>` (`_` → `.`, lower case), e.g.
+//! `OUTBOX_RELAY_KAFKA_PROPERTY_SASL_PASSWORD` → `sasl.password`.
+//!
+//! Secrets (the password in `postgres.url`, librdkafka properties whose name
+//! says password/secret/key) are never printed: `Debug` and [`Config::redacted`]
+//! mask them, and no error message echoes a value.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::decode::{ColumnNames, TableName};
+use crate::error::ConfigError;
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "OUTBOX_RELAY_";
+/// Prefix of librdkafka pass-through properties in the environment.
+pub const ENV_KAFKA_PROPERTY_PREFIX: &str = "OUTBOX_RELAY_KAFKA_PROPERTY_";
+
+/// The whole configuration.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Where the outbox lives and how to replicate from it.
+    pub postgres: PostgresConfig,
+    /// Outbox table layout (names are configurable for Debezium-style tables).
+    pub outbox: OutboxConfig,
+    /// Broker connection, routing and librdkafka pass-through.
+    pub kafka: KafkaConfig,
+    /// Relay loop tuning: checkpoints, backoff, shutdown.
+    pub relay: RelayConfig,
+}
+
+/// PostgreSQL connection and replication objects.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PostgresConfig {
+    /// libpq-style URL or key=value string; used for SQL and replication.
+    pub url: Option<String>,
+    /// Logical replication slot (pgoutput) the relay owns.
+    pub slot: String,
+    /// Publication carrying inserts of the outbox table only.
+    pub publication: String,
+    /// How long one connection attempt may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            slot: "outbox_relay".into(),
+            publication: "outbox_relay_pub".into(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Outbox table and its columns.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct OutboxConfig {
+    /// `schema.table` of the outbox.
+    pub table: String,
+    /// `schema.table` where the relay stores its durable LSN.
+    pub checkpoint_table: String,
+    /// SQL function created by `init` that applications may call to emit.
+    pub emit_function: String,
+    /// Column names.
+    pub columns: ColumnsConfig,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            table: "public.outbox".into(),
+            checkpoint_table: "public.outbox_relay_checkpoint".into(),
+            emit_function: "public.outbox_emit".into(),
+            columns: ColumnsConfig::default(),
+        }
+    }
+}
+
+/// Column names of the outbox table. An empty `headers` or `topic` means the
+/// table has no such column.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ColumnsConfig {
+    /// Primary key, bigint.
+    pub id: String,
+    /// Routes to the topic through the template.
+    pub aggregate_type: String,
+    /// Kafka message key: keeps one aggregate's events in one partition.
+    pub aggregate_id: String,
+    /// Copied into the `event_type` header.
+    pub event_type: String,
+    /// jsonb payload, sent unchanged as the message value.
+    pub payload: String,
+    /// Optional jsonb object whose entries become Kafka headers.
+    pub headers: String,
+    /// Optional per-row topic override.
+    pub topic: String,
+    /// PENDING | PROCESSED | FAILED, maintained by the janitor.
+    pub status: String,
+    /// Insert time.
+    pub created_at: String,
+    /// When the janitor marked the row processed.
+    pub processed_at: String,
+    /// Publish attempts for rows that failed.
+    pub retry_count: String,
+    /// Schema version of the event, for consumers.
+    pub version: String,
+}
+
+impl Default for ColumnsConfig {
+    fn default() -> Self {
+        Self {
+            id: "id".into(),
+            aggregate_type: "aggregate_type".into(),
+            aggregate_id: "aggregate_id".into(),
+            event_type: "event_type".into(),
+            payload: "event_data".into(),
+            headers: "headers".into(),
+            topic: "topic".into(),
+            status: "status".into(),
+            created_at: "created_at".into(),
+            processed_at: "processed_at".into(),
+            retry_count: "retry_count".into(),
+            version: "version".into(),
+        }
+    }
+}
+
+/// Broker connection and routing.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: Option<String>,
+    /// Topic when the row's `topic` column is empty. Placeholders:
+    /// `{aggregate_type}`, `{event_type}`, `{table}`.
+    pub topic_template: String,
+    /// Messages handed to librdkafka but not yet acknowledged; reading the
+    /// stream pauses at this bound (invariant 6).
+    pub max_in_flight: usize,
+    /// Create a missing topic before the first message to it (for brokers
+    /// without auto-creation). Off by default: topics are usually managed.
+    pub create_topics: bool,
+    /// Partitions of topics created by `create-topics`.
+    pub topic_partitions: i32,
+    /// Any librdkafka producer property, passed through.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            topic_template: "outbox.{aggregate_type}".into(),
+            max_in_flight: 10_000,
+            create_topics: false,
+            topic_partitions: 3,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Relay loop tuning.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RelayConfig {
+    /// How often an advanced durable position is written to the checkpoint
+    /// table (each write is a small WAL record, so not per transaction).
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// How long a graceful stop waits for in-flight acknowledgements.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// First retry delay after a transient failure.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Retry delay cap.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// How often the slot is told the confirmed position.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_millis(500),
+            shutdown_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Command-line values that override file and environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--postgres-url`.
+    pub postgres_url: Option<String>,
+    /// `--kafka-brokers`.
+    pub kafka_brokers: Option<String>,
+}
+
+impl Config {
+    /// Load from an optional file, the process environment and overrides,
+    /// then validate.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                ConfigError::new("--config", format!("cannot read {}: {e}", p.display()))
+            })?),
+            None => None,
+        };
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_sources(text.as_deref(), &env, overrides)
+    }
+
+    /// Pure core of [`Config::load`], testable without touching the process.
+    pub fn from_sources(
+        toml_text: Option<&str>,
+        env: &[(String, String)],
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = match toml_text {
+            Some(t) => {
+                let table: toml::Table = toml::from_str(t).map_err(|e| {
+                    // toml's message carries line/column and the key, not values.
+                    let msg = e.message().to_string();
+                    ConfigError::new("config file", msg)
+                })?;
+                serde_json::to_value(table)
+                    .map_err(|e| ConfigError::new("config file", e.to_string()))?
+            }
+            None => Value::Object(Default::default()),
+        };
+        let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+        apply_env(&mut raw, &defaults, env)?;
+        if let Some(url) = &overrides.postgres_url {
+            set_path(&mut raw, &["postgres", "url"], Value::String(url.clone()));
+        }
+        if let Some(b) = &overrides.kafka_brokers {
+            set_path(&mut raw, &["kafka", "brokers"], Value::String(b.clone()));
+        }
+        let config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let key = if path == "." {
+                "config".to_string()
+            } else {
+                path
+            };
+            ConfigError::new(key, inner)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every value; the error names the key and never echoes a secret.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.postgres.url.as_deref().unwrap_or("");
+        if url.trim().is_empty() {
+            return Err(ConfigError::new(
+                "postgres.url",
+                "missing: set it in the config file, with --postgres-url or OUTBOX_RELAY_POSTGRES_URL",
+            ));
+        }
+        let pg = tokio_postgres::Config::from_str(url).map_err(|e| {
+            ConfigError::new(
+                "postgres.url",
+                format!("not a valid connection string ({e})"),
+            )
+        })?;
+        if pg.get_hosts().is_empty() {
+            return Err(ConfigError::new("postgres.url", "no host given"));
+        }
+        if pg.get_user().is_none() {
+            return Err(ConfigError::new("postgres.url", "no user given"));
+        }
+        validate_ident("postgres.slot", &self.postgres.slot)?;
+        validate_ident("postgres.publication", &self.postgres.publication)?;
+        if self.postgres.connect_timeout.is_zero() {
+            return Err(ConfigError::new("postgres.connect-timeout", "must be > 0"));
+        }
+        parse_table("outbox.table", &self.outbox.table)?;
+        parse_table("outbox.checkpoint-table", &self.outbox.checkpoint_table)?;
+        parse_table("outbox.emit-function", &self.outbox.emit_function)?;
+        let c = &self.outbox.columns;
+        for (key, v, required) in [
+            ("outbox.columns.id", &c.id, true),
+            ("outbox.columns.aggregate-type", &c.aggregate_type, true),
+            ("outbox.columns.aggregate-id", &c.aggregate_id, true),
+            ("outbox.columns.event-type", &c.event_type, true),
+            ("outbox.columns.payload", &c.payload, true),
+            ("outbox.columns.headers", &c.headers, false),
+            ("outbox.columns.topic", &c.topic, false),
+            ("outbox.columns.status", &c.status, true),
+            ("outbox.columns.created-at", &c.created_at, true),
+            ("outbox.columns.processed-at", &c.processed_at, true),
+            ("outbox.columns.retry-count", &c.retry_count, true),
+            ("outbox.columns.version", &c.version, true),
+        ] {
+            if v.is_empty() && !required {
+                continue;
+            }
+            validate_ident(key, v)?;
+        }
+        let brokers = self.kafka.brokers.as_deref().unwrap_or("");
+        if brokers.trim().is_empty() {
+            return Err(ConfigError::new(
+                "kafka.brokers",
+                "missing: set it in the config file, with --kafka-brokers or OUTBOX_RELAY_KAFKA_BROKERS",
+            ));
+        }
+        crate::sink::route::TopicTemplate::parse(&self.kafka.topic_template)
+            .map_err(|m| ConfigError::new("kafka.topic-template", m))?;
+        if self.kafka.max_in_flight == 0 {
+            return Err(ConfigError::new("kafka.max-in-flight", "must be > 0"));
+        }
+        if self.kafka.topic_partitions < 1 {
+            return Err(ConfigError::new("kafka.topic-partitions", "must be >= 1"));
+        }
+        crate::sink::producer::check_properties(&self.kafka.properties)?;
+        for (key, d) in [
+            ("relay.checkpoint-interval", self.relay.checkpoint_interval),
+            ("relay.backoff-initial", self.relay.backoff_initial),
+            ("relay.backoff-max", self.relay.backoff_max),
+            ("relay.status-interval", self.relay.status_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be > 0"));
+            }
+        }
+        if self.relay.backoff_max < self.relay.backoff_initial {
+            return Err(ConfigError::new(
+                "relay.backoff-max",
+                "must be >= relay.backoff-initial",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL URL; present after [`Config::validate`].
+    pub fn postgres_url(&self) -> &str {
+        self.postgres.url.as_deref().unwrap_or_default()
+    }
+
+    /// The bootstrap servers; present after [`Config::validate`].
+    pub fn kafka_brokers(&self) -> &str {
+        self.kafka.brokers.as_deref().unwrap_or_default()
+    }
+
+    /// Outbox table as schema + name.
+    pub fn outbox_table(&self) -> TableName {
+        parse_table("outbox.table", &self.outbox.table).expect("validated")
+    }
+
+    /// Checkpoint table as schema + name.
+    pub fn checkpoint_table(&self) -> TableName {
+        parse_table("outbox.checkpoint-table", &self.outbox.checkpoint_table).expect("validated")
+    }
+
+    /// Column names the decoder maps.
+    pub fn column_names(&self) -> ColumnNames {
+        let c = &self.outbox.columns;
+        let opt = |s: &String| (!s.is_empty()).then(|| s.clone());
+        ColumnNames {
+            id: c.id.clone(),
+            aggregate_type: c.aggregate_type.clone(),
+            aggregate_id: c.aggregate_id.clone(),
+            event_type: c.event_type.clone(),
+            payload: c.payload.clone(),
+            headers: opt(&c.headers),
+            topic: opt(&c.topic),
+        }
+    }
+
+    /// The effective configuration with every secret masked, as TOML.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        c.postgres.url = c.postgres.url.as_deref().map(redact_url);
+        for (k, v) in c.kafka.properties.iter_mut() {
+            if is_secret_property(k) {
+                *v = "***".into();
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("<unprintable config: {e}>"))
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// True for librdkafka properties that hold credentials.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("password") || n.contains("secret") || n.ends_with(".key") || n.contains("key.pem")
+}
+
+/// Mask the password of a URL or key=value connection string.
+pub fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let auth_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..auth_end].rfind('@') {
+            let userinfo = &rest[..at];
+            if let Some(colon) = userinfo.find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        // password=... may also sit in the query string
+        return redact_kv_password(url);
+    }
+    redact_kv_password(url)
+}
+
+fn redact_kv_password(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find("password=") {
+        let (head, tail) = rest.split_at(pos + "password=".len());
+        out.push_str(head);
+        out.push_str("***");
+        let end = tail.find([' ', '&']).unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Validate a PostgreSQL identifier we interpolate into SQL. We accept only
+/// plain lower-case-able identifiers so no quoting games are needed.
+pub fn validate_ident(key: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            "must be an identifier: letters, digits and _, starting with a letter or _, at most 63 chars",
+        ))
+    }
+}
+
+/// Parse `schema.name` (or `name`, meaning `public.name`).
+pub fn parse_table(key: &str, v: &str) -> Result<TableName, ConfigError> {
+    let (schema, name) = match v.split_once('.') {
+        Some((s, n)) => (s, n),
+        None => ("public", v),
+    };
+    validate_ident(key, schema)?;
+    validate_ident(key, name)?;
+    Ok(TableName {
+        schema: schema.to_string(),
+        name: name.to_string(),
+    })
+}
+
+fn env_name(path: &[&str]) -> String {
+    let mut s = String::from(ENV_PREFIX);
+    s.push_str(&path.join("_").replace(['-', '.'], "_").to_ascii_uppercase());
+    s
+}
+
+fn apply_env(
+    raw: &mut Value,
+    defaults: &Value,
+    env: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let mut leaves = Vec::new();
+    collect_leaves(defaults, &mut Vec::new(), &mut leaves);
+    for (path, default) in leaves {
+        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+        if refs == ["kafka", "properties"] {
+            continue;
+        }
+        let name = env_name(&refs);
+        if let Some(v) = lookup(&name) {
+            let key = path.join(".");
+            let typed = match default {
+                Value::Bool(_) => Value::Bool(v.parse().map_err(|_| {
+                    ConfigError::new(&key, format!("{name} must be true or false"))
+                })?),
+                Value::Number(_) => {
+                    Value::Number(v.parse::<i64>().map(Into::into).map_err(|_| {
+                        ConfigError::new(&key, format!("{name} must be an integer"))
+                    })?)
+                }
+                _ => Value::String(v),
+            };
+            set_path(raw, &refs, typed);
+        }
+    }
+    for (k, v) in env {
+        if let Some(prop) = k.strip_prefix(ENV_KAFKA_PROPERTY_PREFIX) {
+            let prop = prop.to_ascii_lowercase().replace('_', ".");
+            set_path(
+                raw,
+                &["kafka", "properties", &prop],
+                Value::String(v.clone()),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn collect_leaves(v: &Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, Value)>) {
+    match v {
+        Value::Object(map) if !(path.len() == 2 && path[1] == "properties") => {
+            for (k, child) in map {
+                path.push(k.clone());
+                collect_leaves(child, path, out);
+                path.pop();
+            }
+        }
+        other => out.push((path.clone(), other.clone())),
+    }
+}
+
+fn set_path(raw: &mut Value, path: &[&str], value: Value) {
+    let mut cur = raw;
+    for (i, seg) in path.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let map = cur.as_object_mut().expect("object");
+        if i + 1 == path.len() {
+            map.insert((*seg).to_string(), value);
+            return;
+        }
+        cur = map
+            .entry((*seg).to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    const MIN: &str = r#"
+        [postgres]
+        url = "postgres://relay:s3cret@127.0.0.1:5432/app"
+        [kafka]
+        brokers = "127.0.0.1:9092"
+    "#;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let c = Config::from_sources(
+            Some(MIN),
+            &env(&[
+                ("OUTBOX_RELAY_KAFKA_MAX_IN_FLIGHT", "77"),
+                ("OUTBOX_RELAY_RELAY_CHECKPOINT_INTERVAL", "2s"),
+                ("OUTBOX_RELAY_OUTBOX_COLUMNS_PAYLOAD", "payload"),
+                ("OUTBOX_RELAY_KAFKA_PROPERTY_LINGER_MS", "3"),
+            ]),
+            &Overrides {
+                kafka_brokers: Some("10.0.0.1:1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.kafka.max_in_flight, 77);
+        assert_eq!(c.relay.checkpoint_interval, Duration::from_secs(2));
+        assert_eq!(c.outbox.columns.payload, "payload");
+        assert_eq!(c.kafka.properties["linger.ms"], "3");
+        assert_eq!(c.kafka_brokers(), "10.0.0.1:1");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_sources(
+            Some(&format!("{MIN}\n[relay]\nbogus = 1\n")),
+            &[],
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "relay.bogus");
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn missing_url_is_named() {
+        let e = Config::from_sources(Some("[kafka]\nbrokers='x:1'\n"), &[], &Default::default())
+            .unwrap_err();
+        assert_eq!(e.key, "postgres.url");
+    }
+
+    #[test]
+    fn bad_env_number_names_key() {
+        let e = Config::from_sources(
+            Some(MIN),
+            &env(&[("OUTBOX_RELAY_KAFKA_MAX_IN_FLIGHT", "lots")]),
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "kafka.max-in-flight");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = Config::from_sources(
+            Some(MIN),
+            &env(&[("OUTBOX_RELAY_KAFKA_PROPERTY_SASL_PASSWORD", "hunter2")]),
+            &Default::default(),
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("relay:***@127.0.0.1"));
+        assert_eq!(
+            redact_url("host=x password=abc user=y"),
+            "host=x password=*** user=y"
+        );
+    }
+
+    #[test]
+    fn weakening_idempotence_is_refused() {
+        let e = Config::from_sources(
+            Some(&format!(
+                "{MIN}\n[kafka.properties]\n\"enable.idempotence\" = \"false\"\n"
+            )),
+            &[],
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "kafka.properties.enable.idempotence");
+    }
+}

@@ -1,0 +1,53 @@
+//! # outbox-relay
+//!
+//! Makes the transactional outbox pattern real for PostgreSQL and Kafka.
+//! Applications insert an outbox row in the same transaction as their
+//! business change; the relay tails logical replication (pgoutput, no
+//! polling) and publishes every inserted row to Kafka in commit order,
+//! persisting its position only after the broker acknowledged.
+//!
+//! ```text
+//!  app tx: INSERT business row + INSERT outbox row ──commit──▶ WAL
+//!       │ pgoutput; publication = inserts of the outbox table only
+//!       ▼
+//!  source (pgwire-replication) ─▶ decode (Relation/Insert → OutboxRecord)
+//!       │ commit order
+//!       ▼
+//!  sink (rdkafka, idempotent, acks=all, pipelined) ─▶ topic, key = aggregate_id
+//!       │ delivery reports
+//!       ▼
+//!  tracker: newest commit with everything before it acked
+//!       ─▶ checkpoint table ─▶ slot feedback (confirmed_flush_lsn)
+//! ```
+//!
+//! ## Invariants and where they are kept
+//!
+//! 1. Checkpoint after ack — [`tracker`].
+//! 2. Persist, then confirm; skip what the checkpoint covers — [`relay`],
+//!    [`checkpoint`].
+//! 3. Commit order, idempotent producer — [`sink`].
+//! 4. Stall, never skip — [`error`] (classes), [`app`] (retry), [`relay`].
+//! 5. Idle slots advance — [`relay`].
+//! 6. Bounded memory — [`relay`] (in-flight bound), [`tracker`].
+//! 7. The stream never sees its own housekeeping — [`schema`] (inserts-only
+//!    publication).
+//! 8. Bad input is named — [`config`], [`decode`], [`error`].
+//!
+//! ## Modules
+//! [`config`] · [`cli`] · [`error`] · [`app`] · [`source`] · [`decode`] ·
+//! [`sink`] · [`checkpoint`] · [`tracker`] · [`relay`] · [`schema`] ·
+//! [`emit`] (the Rust helper for applications) · [`backoff`].
+
+pub mod app;
+pub mod backoff;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod emit;
+pub mod error;
+pub mod relay;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod tracker;

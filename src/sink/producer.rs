@@ -1,0 +1,285 @@
+//! The producer: one librdkafka idempotent producer per relay session, its
+//! delivery reports funnelled into one channel, tagged with the transaction
+//! they belong to.
+//!
+//! Pipelining: [`Publisher::send`] only enqueues; acknowledgements come back
+//! on the [`Delivery`] channel. Nothing awaits a single message.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::decode::OutboxRecord;
+use crate::error::ConfigError;
+use crate::error::{RelayError, Result};
+use crate::sink::message::{headers, TxnMeta};
+
+/// Properties the relay sets and a user may not weaken: they are what keeps
+/// per-partition order across retries (invariant 3).
+const PINNED: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("max.in.flight.requests.per.connection", "5"),
+];
+
+/// Defaults a user may override: low linger for latency, generous queue so
+/// `kafka.max-in-flight` is the bound that bites, not librdkafka's.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("linger.ms", "1"),
+    ("queue.buffering.max.messages", "1000000"),
+    ("message.timeout.ms", "300000"),
+    ("socket.keepalive.enable", "true"),
+];
+
+/// Reject pass-through properties that would break ordering or that have a
+/// dedicated key; the error names the key.
+pub fn check_properties(props: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (k, v) in props {
+        let key = format!("kafka.properties.{k}");
+        match k.as_str() {
+            "bootstrap.servers" | "metadata.broker.list" => {
+                return Err(ConfigError::new(key, "use kafka.brokers instead"));
+            }
+            "enable.idempotence" if v != "true" => {
+                return Err(ConfigError::new(
+                    key,
+                    "must stay true: it keeps per-partition order across retries",
+                ));
+            }
+            "acks" | "request.required.acks" if !(v == "all" || v == "-1") => {
+                return Err(ConfigError::new(
+                    key,
+                    "must stay all: a checkpoint may only follow a durable ack",
+                ));
+            }
+            "max.in.flight.requests.per.connection" | "max.in.flight" => {
+                let n: u32 = v
+                    .parse()
+                    .map_err(|_| ConfigError::new(&key, "must be an integer 1-5"))?;
+                if !(1..=5).contains(&n) {
+                    return Err(ConfigError::new(key, "must be 1-5 with idempotence"));
+                }
+            }
+            "transactional.id" => {
+                return Err(ConfigError::new(
+                    key,
+                    "not supported: the relay uses idempotence and checkpoints, not transactions",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The librdkafka configuration for the relay's producer.
+pub fn client_config(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in DEFAULTS {
+        c.set(*k, *v);
+    }
+    for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    for (k, v) in PINNED {
+        if !cfg.kafka.properties.contains_key(*k) {
+            c.set(*k, *v);
+        }
+    }
+    c.set("bootstrap.servers", cfg.kafka_brokers());
+    c
+}
+
+/// One delivery report: which transaction, and whether the broker took it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Transaction sequence number the relay tagged the message with.
+    pub txn: u64,
+    /// `Ok` once the broker acknowledged with acks=all.
+    pub result: std::result::Result<(), KafkaError>,
+}
+
+/// Forwards delivery reports from librdkafka's polling thread to the relay.
+pub struct ReportingContext {
+    tx: mpsc::UnboundedSender<Delivery>,
+}
+
+impl ClientContext for ReportingContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{log_message}"),
+            _ => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+impl ProducerContext for ReportingContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, txn: usize) {
+        let result = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        // The receiver is gone only when the session is being torn down;
+        // its messages will be replayed from the durable checkpoint.
+        let _ = self.tx.send(Delivery {
+            txn: txn as u64,
+            result,
+        });
+    }
+}
+
+/// Why a message could not be enqueued.
+#[derive(Debug)]
+pub enum SendError {
+    /// librdkafka's local queue is full: wait for a delivery report, retry.
+    QueueFull,
+    /// Anything else; classified by [`crate::sink::classify`].
+    Kafka(KafkaError),
+}
+
+/// The relay's producer.
+pub struct Publisher {
+    producer: ThreadedProducer<ReportingContext>,
+    admin: Option<AdminClient<DefaultClientContext>>,
+    known_topics: HashSet<String>,
+    topic_partitions: i32,
+}
+
+impl Publisher {
+    /// Create the producer and its delivery channel. Fails with a config
+    /// error naming `kafka.properties` when librdkafka rejects a property.
+    pub fn new(cfg: &Config) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cc = client_config(cfg);
+        let producer: ThreadedProducer<ReportingContext> = cc
+            .create_with_context(ReportingContext { tx })
+            .map_err(|e| match e {
+                KafkaError::ClientConfig(_, msg, key, _) => {
+                    RelayError::Config(ConfigError::new(format!("kafka.properties.{key}"), msg))
+                }
+                KafkaError::ClientCreation(msg) => {
+                    RelayError::Config(ConfigError::new("kafka.properties", msg))
+                }
+                other => RelayError::kafka("creating producer", other),
+            })?;
+        let admin = if cfg.kafka.create_topics {
+            let mut ac = ClientConfig::new();
+            for (k, v) in &cfg.kafka.properties {
+                if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+                    ac.set(k, v);
+                }
+            }
+            ac.set("bootstrap.servers", cfg.kafka_brokers());
+            Some(
+                ac.create()
+                    .map_err(|e| RelayError::kafka("creating admin client", e))?,
+            )
+        } else {
+            None
+        };
+        Ok((
+            Self {
+                producer,
+                admin,
+                known_topics: HashSet::new(),
+                topic_partitions: cfg.kafka.topic_partitions,
+            },
+            rx,
+        ))
+    }
+
+    /// Fail fast when no broker answers (startup check): a metadata request
+    /// with a deadline.
+    pub fn check_reachable(&self, timeout: Duration) -> Result<()> {
+        self.producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| RelayError::kafka("no broker answered a metadata request", e))
+    }
+
+    /// Create `topic` if `kafka.create-topics` is on and we have not seen it.
+    pub async fn ensure_topic(&mut self, topic: &str) -> Result<()> {
+        let Some(admin) = &self.admin else {
+            return Ok(());
+        };
+        if self.known_topics.contains(topic) {
+            return Ok(());
+        }
+        let nt = NewTopic::new(topic, self.topic_partitions, TopicReplication::Fixed(1));
+        let res = admin
+            .create_topics(
+                &[nt],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .map_err(|e| RelayError::kafka(format!("creating topic {topic}"), e))?;
+        for r in res {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(RelayError::kafka(
+                        format!("creating topic {t}"),
+                        KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+        self.known_topics.insert(topic.to_string());
+        Ok(())
+    }
+
+    /// Enqueue one record, tagged with its transaction's sequence number.
+    pub fn send(
+        &self,
+        rec: &OutboxRecord,
+        meta: &TxnMeta,
+        topic: &str,
+        txn: u64,
+    ) -> std::result::Result<(), SendError> {
+        let record = BaseRecord::with_opaque_to(topic, txn as usize)
+            .key(rec.aggregate_id.as_bytes())
+            .payload(rec.payload.as_ref())
+            .headers(headers(rec, meta))
+            .timestamp(meta.commit_unix_millis);
+        match self.producer.send(record) {
+            Ok(()) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(SendError::QueueFull)
+            }
+            Err((e, _)) => Err(SendError::Kafka(e)),
+        }
+    }
+
+    /// Messages enqueued or in flight inside librdkafka.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Drop everything not yet acknowledged: used when a session ends with
+    /// an error, since the next session replays from the durable checkpoint.
+    pub fn purge(&self) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+    }
+}

@@ -1,0 +1,130 @@
+//! SQL control plane: connecting, `init`, and startup checks that turn a
+//! missing slot or publication into one clear fatal error.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::Config;
+use crate::error::{RelayError, Result};
+use crate::schema;
+
+/// Open a control-plane connection with a deadline; the connection task is
+/// spawned and logs when it ends.
+pub async fn connect(cfg: &Config, purpose: &'static str) -> Result<Client> {
+    let mut pg = tokio_postgres::Config::from_str(cfg.postgres_url())
+        .map_err(|e| RelayError::postgres("parsing postgres.url", e))?;
+    pg.application_name(format!("outbox-relay {purpose}"));
+    pg.connect_timeout(cfg.postgres.connect_timeout);
+    let fut = pg.connect(NoTls);
+    let (client, conn) =
+        tokio::time::timeout(cfg.postgres.connect_timeout + Duration::from_secs(1), fut)
+            .await
+            .map_err(|_| RelayError::Timeout(format!("connecting to PostgreSQL ({purpose})")))?
+            .map_err(|e| {
+                RelayError::postgres(format!("connecting to PostgreSQL ({purpose})"), e)
+            })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, purpose, "control connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// What `init` did, for the operator.
+#[derive(Debug, Default)]
+pub struct InitReport {
+    /// Whether the slot was created now (false: it already existed).
+    pub slot_created: bool,
+}
+
+/// Idempotently create table, publication, emit function, checkpoint table
+/// and the slot.
+pub async fn init(client: &Client, cfg: &Config) -> Result<InitReport> {
+    for step in schema::init_statements(cfg) {
+        client
+            .batch_execute(&step.sql)
+            .await
+            .map_err(|e| RelayError::postgres(format!("init step {}", step.file), e))?;
+    }
+    let exists = slot_exists(client, &cfg.postgres.slot).await?;
+    if !exists {
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&cfg.postgres.slot],
+            )
+            .await
+            .map_err(|e| {
+                RelayError::postgres(
+                    format!("creating replication slot {}", cfg.postgres.slot),
+                    e,
+                )
+            })?;
+    }
+    Ok(InitReport {
+        slot_created: !exists,
+    })
+}
+
+async fn slot_exists(client: &Client, slot: &str) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "SELECT plugin FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| RelayError::postgres("reading pg_replication_slots", e))?;
+    match row {
+        None => Ok(false),
+        Some(r) => {
+            let plugin: Option<String> = r.get(0);
+            if plugin.as_deref() != Some("pgoutput") {
+                return Err(RelayError::Environment(format!(
+                    "replication slot {slot} exists but uses plugin {plugin:?}, not pgoutput (postgres.slot)"
+                )));
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Startup checks for `run`: the slot and publication exist and the
+/// publication covers the outbox table with inserts.
+pub async fn preflight(client: &Client, cfg: &Config) -> Result<()> {
+    let slot = &cfg.postgres.slot;
+    if !slot_exists(client, slot).await? {
+        return Err(RelayError::Environment(format!(
+            "replication slot {slot} does not exist (postgres.slot): run `outbox-relay init` first"
+        )));
+    }
+    let table = cfg.outbox_table();
+    let row = client
+        .query_opt(
+            "SELECT p.pubinsert, EXISTS (SELECT 1 FROM pg_publication_tables t \
+               WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3) \
+             FROM pg_publication p WHERE p.pubname = $1",
+            &[&cfg.postgres.publication, &table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| RelayError::postgres("reading pg_publication", e))?;
+    let pubname = &cfg.postgres.publication;
+    match row {
+        None => Err(RelayError::Environment(format!(
+            "publication {pubname} does not exist (postgres.publication): run `outbox-relay init` first"
+        ))),
+        Some(r) => {
+            let (inserts, has_table): (bool, bool) = (r.get(0), r.get(1));
+            if !inserts || !has_table {
+                Err(RelayError::Environment(format!(
+                    "publication {pubname} must publish inserts of {}.{} (postgres.publication, outbox.table)",
+                    table.schema, table.name
+                )))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}

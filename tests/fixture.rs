@@ -1,0 +1,327 @@
+//! A relay environment: PostgreSQL + broker + an initialised outbox, and the
+//! relay binary as a child process that tests can kill -9, SIGTERM, restart.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use outbox_relay::sink::message::parse_lsn;
+use tempfile::TempDir;
+use tokio_postgres::Client;
+
+use crate::support::broker::Broker;
+use crate::support::kafka::{self, Received};
+use crate::support::postgres::PgCluster;
+
+/// Path of the relay binary cargo built for this test run.
+pub fn relay_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay"))
+}
+
+/// PostgreSQL, broker and a config file for the relay.
+pub struct Env {
+    pub pg: PgCluster,
+    pub broker: Broker,
+    pub dir: TempDir,
+    /// Extra TOML appended to the generated config.
+    pub extra_toml: String,
+    pub max_in_flight: usize,
+}
+
+impl Env {
+    /// Start both servers, create database `app`, run `outbox-relay init`
+    /// and create `topics` with 4 partitions each.
+    pub async fn start(topics: &[&str]) -> Env {
+        Self::start_with(topics, "", 1000).await
+    }
+
+    pub async fn start_with(topics: &[&str], extra_toml: &str, max_in_flight: usize) -> Env {
+        let (pg, broker) = tokio::join!(PgCluster::start(), Broker::start());
+        pg.create_database("app").await;
+        let env = Env {
+            pg,
+            broker,
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra_toml: extra_toml.to_string(),
+            max_in_flight,
+        };
+        env.write_config();
+        for t in topics {
+            kafka::create_topic(&env.broker.bootstrap(), t, 4).await;
+        }
+        let out = env.relay_command(&["init"]).output().expect("run init");
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
+    pub fn url(&self) -> String {
+        self.pg.url_db("app")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("relay.toml")
+    }
+
+    pub fn write_config(&self) {
+        let toml = format!(
+            r#"
+[postgres]
+url = "{url}"
+connect-timeout = "5s"
+
+[kafka]
+brokers = "{brokers}"
+max-in-flight = {mif}
+
+[kafka.properties]
+"linger.ms" = "2"
+
+[relay]
+checkpoint-interval = "100ms"
+status-interval = "200ms"
+backoff-initial = "100ms"
+backoff-max = "1s"
+shutdown-timeout = "10s"
+{extra}
+"#,
+            url = self.url(),
+            brokers = self.broker.bootstrap(),
+            mif = self.max_in_flight,
+            extra = self.extra_toml,
+        );
+        std::fs::write(self.config_path(), toml).expect("write config");
+    }
+
+    /// The relay binary with this env's config and quiet-ish logging.
+    pub fn relay_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(relay_bin());
+        c.arg("--config").arg(self.config_path()).args(args);
+        c.env_remove("OUTBOX_RELAY_POSTGRES_URL")
+            .env_remove("OUTBOX_RELAY_KAFKA_BROKERS")
+            .env("OUTBOX_RELAY_LOG", "info,librdkafka=warn");
+        c
+    }
+
+    /// Start `outbox-relay run`; its stderr goes to a numbered log file.
+    pub fn spawn_relay(&self) -> RelayProc {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = self.dir.path().join(format!("relay-{n}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = self
+            .relay_command(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn relay");
+        RelayProc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        self.pg.client_db("app").await
+    }
+
+    /// All ids in the outbox table.
+    pub async fn outbox_ids(&self) -> HashSet<i64> {
+        let c = self.client().await;
+        c.query("SELECT id FROM public.outbox", &[])
+            .await
+            .expect("select ids")
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect()
+    }
+
+    /// The checkpoint table's LSN for the default slot.
+    pub async fn checkpoint(&self) -> Option<u64> {
+        let c = self.client().await;
+        c.query_opt(
+            "SELECT lsn::text FROM public.outbox_relay_checkpoint WHERE slot_name = 'outbox_relay'",
+            &[],
+        )
+        .await
+        .expect("checkpoint query")
+        .and_then(|r| parse_lsn(&r.get::<_, String>(0)))
+    }
+
+    /// The slot's confirmed_flush_lsn.
+    pub async fn confirmed_flush(&self) -> u64 {
+        let c = self.client().await;
+        let r = c
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'outbox_relay'",
+                &[],
+            )
+            .await
+            .expect("slot query");
+        parse_lsn(&r.get::<_, String>(0)).expect("lsn")
+    }
+
+    pub async fn read(&self, topic: &str, expected: usize, deadline: Duration) -> Vec<Received> {
+        kafka::read_all_async(&self.broker.bootstrap(), topic, expected, deadline).await
+    }
+
+    /// Read until every id of `ids` arrived at least once (duplicates do
+    /// not count towards completion), or the deadline.
+    pub async fn read_ids(
+        &self,
+        topic: &str,
+        ids: &HashSet<i64>,
+        deadline: Duration,
+    ) -> Vec<Received> {
+        let mut want = ids.clone();
+        let mut seen = 0;
+        kafka::read_until_async(&self.broker.bootstrap(), topic, deadline, move |got| {
+            for m in &got[seen..] {
+                if let Some(id) = m.header_str("id").and_then(|s| s.parse::<i64>().ok()) {
+                    want.remove(&id);
+                }
+            }
+            seen = got.len();
+            want.is_empty()
+        })
+        .await
+    }
+}
+
+/// A running relay process.
+pub struct RelayProc {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl RelayProc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `deadline` for exit.
+    pub fn terminate(&mut self, deadline: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            if let Some(st) = c.try_wait().expect("try_wait") {
+                return st;
+            }
+            if std::time::Instant::now() > end {
+                let _ = c.kill();
+                panic!("relay did not exit within {deadline:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Still running?
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- relay log {} ---\n{}",
+                self.log.display(),
+                crate::support::tail_file(&self.log, 60)
+            );
+        }
+        self.kill9();
+    }
+}
+
+/// Analysis of what arrived on a topic.
+pub struct Arrival {
+    /// Count per outbox id.
+    pub counts: HashMap<i64, usize>,
+    /// Messages per partition, in offset order.
+    pub by_partition: BTreeMap<i32, Vec<Received>>,
+}
+
+impl Arrival {
+    pub fn of(msgs: &[Received]) -> Arrival {
+        let mut counts = HashMap::new();
+        let mut by_partition: BTreeMap<i32, Vec<Received>> = BTreeMap::new();
+        for m in msgs {
+            let id: i64 = m
+                .header_str("id")
+                .expect("id header")
+                .parse()
+                .expect("numeric id");
+            *counts.entry(id).or_default() += 1;
+            by_partition.entry(m.partition).or_default().push(m.clone());
+        }
+        for v in by_partition.values_mut() {
+            v.sort_by_key(|m| m.offset);
+        }
+        Arrival {
+            counts,
+            by_partition,
+        }
+    }
+
+    pub fn duplicates(&self) -> usize {
+        self.counts.values().map(|c| c - 1).sum()
+    }
+
+    /// Every id in `expected` arrived at least once and nothing else did.
+    pub fn assert_complete(&self, expected: &HashSet<i64>) {
+        let got: HashSet<i64> = self.counts.keys().copied().collect();
+        let missing: Vec<_> = expected.difference(&got).take(10).collect();
+        let extra: Vec<_> = got.difference(expected).take(10).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "missing {} ids (e.g. {missing:?}), {} unexpected (e.g. {extra:?})",
+            expected.difference(&got).count(),
+            got.difference(expected).count()
+        );
+    }
+
+    /// Within every partition, the first delivery of each message is in
+    /// commit order: commit LSN never decreases, and within one transaction
+    /// ids increase. Re-deliveries after a crash (duplicates) are skipped.
+    pub fn assert_commit_order(&self) {
+        for (p, msgs) in &self.by_partition {
+            let mut seen = HashSet::new();
+            let mut last: Option<(u64, i64)> = None;
+            for m in msgs {
+                let id: i64 = m.header_str("id").unwrap().parse().unwrap();
+                if !seen.insert(id) {
+                    continue;
+                }
+                let lsn = parse_lsn(&m.header_str("lsn").expect("lsn header")).expect("lsn");
+                if let Some(prev) = last {
+                    assert!(
+                        (lsn, id) > prev,
+                        "partition {p}: id {id} at lsn {lsn:X} came after id {} at lsn {:X}",
+                        prev.1,
+                        prev.0
+                    );
+                }
+                last = Some((lsn, id));
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The integration suite: one binary, every test against a real PostgreSQL
+//! 15 cluster and a real Kafka-protocol broker (tansu) started by the
+//! harness in `support/`, with the relay run as the real `outbox-relay`
+//! process. Every assertion is on data read back from where it landed: the
+//! broker, the tables, the slot.
+
+mod cli;
+mod core;
+mod fixture;
+mod sql_files;
+mod support;
