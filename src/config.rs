@@ -41,6 +41,24 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Relay loop tuning: checkpoints, backoff, shutdown.
     pub relay: RelayConfig,
+    /// Prometheus endpoint and health checks.
+    pub metrics: MetricsConfig,
+}
+
+/// The HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on; empty disables the endpoint.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
 }
 
 /// PostgreSQL connection and replication objects.
@@ -198,6 +216,14 @@ pub struct RelayConfig {
     /// How often the slot is told the confirmed position.
     #[serde(with = "humantime_serde")]
     pub status_interval: Duration,
+    /// How often, while the outbox is idle, a heartbeat message is written
+    /// to WAL (`pg_logical_emit_message`) so lag stays true and the slot's
+    /// retained WAL bounded. `0s` disables.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How often the slot's health (`wal_status`) is checked.
+    #[serde(with = "humantime_serde")]
+    pub slot_check_interval: Duration,
 }
 
 impl Default for RelayConfig {
@@ -208,6 +234,8 @@ impl Default for RelayConfig {
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             status_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(10),
+            slot_check_interval: Duration::from_secs(10),
         }
     }
 }
@@ -349,6 +377,14 @@ impl Config {
             if d.is_zero() {
                 return Err(ConfigError::new(key, "must be > 0"));
             }
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::new("metrics.listen", "must be host:port with a numeric IP, e.g. 0.0.0.0:9187, or empty to disable"));
+        }
+        if self.relay.slot_check_interval.is_zero() {
+            return Err(ConfigError::new("relay.slot-check-interval", "must be > 0"));
         }
         if self.relay.backoff_max < self.relay.backoff_initial {
             return Err(ConfigError::new(

@@ -46,6 +46,8 @@ pub mod config;
 pub mod decode;
 pub mod emit;
 pub mod error;
+pub mod health;
+pub mod metrics;
 pub mod relay;
 pub mod schema;
 pub mod sink;

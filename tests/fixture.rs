@@ -27,6 +27,8 @@ pub struct Env {
     /// Extra TOML appended to the generated config.
     pub extra_toml: String,
     pub max_in_flight: usize,
+    /// Where the relay serves /metrics, /healthz, /readyz.
+    pub metrics_port: u16,
 }
 
 impl Env {
@@ -45,6 +47,7 @@ impl Env {
             dir: tempfile::tempdir().expect("tempdir"),
             extra_toml: extra_toml.to_string(),
             max_in_flight,
+            metrics_port: crate::support::free_port(),
         };
         env.write_config();
         for t in topics {
@@ -81,6 +84,9 @@ max-in-flight = {mif}
 [kafka.properties]
 "linger.ms" = "2"
 
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
 [relay]
 checkpoint-interval = "100ms"
 status-interval = "200ms"
@@ -92,6 +98,7 @@ shutdown-timeout = "10s"
             url = self.url(),
             brokers = self.broker.bootstrap(),
             mif = self.max_in_flight,
+            metrics_port = self.metrics_port,
             extra = self.extra_toml,
         );
         std::fs::write(self.config_path(), toml).expect("write config");

@@ -404,6 +404,39 @@ async fn explore_pause_resume() {
                 .map_err(|(e, _)| e),
             t.elapsed()
         );
+        println!(
+            "FINDING pause {extra:?}: fatal_error after that: {:?}",
+            p.client().fatal_error()
+        );
+        if res.is_err() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let res = p
+                .send(
+                    FutureRecord::to("paused").key("k0").payload("after-2"),
+                    Duration::from_secs(1),
+                )
+                .await;
+            println!(
+                "FINDING pause {extra:?}: produce 2 s later {:?}, fatal_error {:?}",
+                res.as_ref()
+                    .map(|d| (d.partition, d.offset))
+                    .map_err(|(e, _)| e),
+                p.client().fatal_error()
+            );
+            let fresh = producer(&bootstrap, &extra);
+            let res = fresh
+                .send(
+                    FutureRecord::to("paused").key("k0").payload("fresh"),
+                    Duration::from_secs(1),
+                )
+                .await;
+            println!(
+                "FINDING pause {extra:?}: a new producer: {:?}",
+                res.as_ref()
+                    .map(|d| (d.partition, d.offset))
+                    .map_err(|(e, _)| e)
+            );
+        }
         let _ = p.flush(Duration::from_secs(10));
         let got = kafka::read_until_quiet_async(
             &bootstrap,
@@ -412,6 +445,12 @@ async fn explore_pause_resume() {
             Duration::from_secs(30),
         )
         .await;
+        println!(
+            "FINDING pause {extra:?}: read back (partition, offset, payload): {:?}",
+            got.iter()
+                .map(|r| (r.partition, r.offset, r.payload_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+        );
         let mut payloads: Vec<String> = got.iter().filter_map(|r| r.payload_str()).collect();
         let n = payloads.len();
         payloads.sort();

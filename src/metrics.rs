@@ -1,0 +1,77 @@
+//! Metric names, described once. Every metric the relay exports is a
+//! constant here; code elsewhere records through these names only, and the
+//! README's metrics reference, the Grafana dashboard and the Prometheus
+//! rules are checked against a live scrape by the test suite.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+/// Bytes of WAL between the server's current position and the durable
+/// checkpoint.
+pub const LAG_BYTES: &str = "outbox_relay_lag_bytes";
+/// Age of the oldest committed transaction not yet acknowledged (0 when
+/// caught up).
+pub const LAG_SECONDS: &str = "outbox_relay_lag_seconds";
+/// Events acknowledged by the broker, by topic.
+pub const EVENTS_PUBLISHED: &str = "outbox_relay_events_published_total";
+/// Rows sent to the dead-letter topic.
+pub const DLQ_TOTAL: &str = "outbox_relay_dlq_total";
+/// Session restarts and per-row retries after transient errors, by reason.
+pub const RETRIES: &str = "outbox_relay_retries_total";
+/// Messages handed to the producer and not yet acknowledged.
+pub const IN_FLIGHT: &str = "outbox_relay_in_flight_messages";
+/// The durable checkpoint LSN (as a number).
+pub const CHECKPOINT_LSN: &str = "outbox_relay_checkpoint_lsn";
+/// Unix time of the last checkpoint write.
+pub const CHECKPOINT_TIMESTAMP: &str = "outbox_relay_checkpoint_timestamp_seconds";
+/// Enqueue → broker ack.
+pub const PRODUCE_LATENCY: &str = "outbox_relay_produce_latency_seconds";
+/// Commit timestamp → broker ack.
+pub const END_TO_END_LATENCY: &str = "outbox_relay_end_to_end_latency_seconds";
+/// Outbox rows per transaction.
+pub const TRANSACTION_SIZE: &str = "outbox_relay_transaction_rows";
+/// Replication slot `wal_status`, one series per status, 1 for the current.
+pub const SLOT_WAL_STATUS: &str = "outbox_relay_slot_wal_status";
+/// Seconds since the last heartbeat or outbox transaction was seen.
+pub const HEARTBEAT_AGE: &str = "outbox_relay_heartbeat_age_seconds";
+/// 1 while a replication session is streaming.
+pub const STREAM_UP: &str = "outbox_relay_stream_up";
+/// Rows blocked by a permanent error (with `on-permanent-error = "block"`).
+pub const BLOCKED_ROW: &str = "outbox_relay_blocked_row_id";
+
+/// Every exported name, for documentation checks.
+pub const ALL: &[&str] = &[
+    LAG_BYTES,
+    LAG_SECONDS,
+    EVENTS_PUBLISHED,
+    DLQ_TOTAL,
+    RETRIES,
+    IN_FLIGHT,
+    CHECKPOINT_LSN,
+    CHECKPOINT_TIMESTAMP,
+    PRODUCE_LATENCY,
+    END_TO_END_LATENCY,
+    TRANSACTION_SIZE,
+    SLOT_WAL_STATUS,
+    HEARTBEAT_AGE,
+    STREAM_UP,
+    BLOCKED_ROW,
+];
+
+/// Register descriptions with the installed recorder.
+pub fn describe() {
+    describe_gauge!(LAG_BYTES, Unit::Bytes, "WAL bytes between the server's current position and the durable checkpoint");
+    describe_gauge!(LAG_SECONDS, Unit::Seconds, "Age of the oldest committed outbox transaction not yet acknowledged; 0 when caught up");
+    describe_counter!(EVENTS_PUBLISHED, "Outbox events acknowledged by the broker, by topic");
+    describe_counter!(DLQ_TOTAL, "Outbox rows sent to the dead-letter topic");
+    describe_counter!(RETRIES, "Retries after transient errors (session restarts), by reason");
+    describe_gauge!(IN_FLIGHT, "Messages handed to the producer and not yet acknowledged");
+    describe_gauge!(CHECKPOINT_LSN, "Durable checkpoint LSN as a number");
+    describe_gauge!(CHECKPOINT_TIMESTAMP, Unit::Seconds, "Unix time of the last checkpoint write");
+    describe_histogram!(PRODUCE_LATENCY, Unit::Seconds, "Time from handing a message to the producer until the broker acknowledged it");
+    describe_histogram!(END_TO_END_LATENCY, Unit::Seconds, "Time from the transaction's commit until the broker acknowledged the message");
+    describe_histogram!(TRANSACTION_SIZE, "Outbox rows per relayed transaction");
+    describe_gauge!(SLOT_WAL_STATUS, "Replication slot wal_status: 1 for the current status label");
+    describe_gauge!(HEARTBEAT_AGE, Unit::Seconds, "Seconds since the relay last saw a heartbeat or an outbox transaction");
+    describe_gauge!(STREAM_UP, "1 while the replication stream is running");
+    describe_gauge!(BLOCKED_ROW, "Id of the outbox row blocking the stream (on-permanent-error = block), 0 when none");
+}
