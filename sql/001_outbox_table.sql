@@ -12,6 +12,8 @@ CREATE TABLE IF NOT EXISTS public.outbox (
     processed_at timestamptz,
     status text NOT NULL DEFAULT 'PENDING' CHECK (status IN ('PENDING', 'PROCESSED', 'FAILED')),
     retry_count integer NOT NULL DEFAULT 0,
+    -- inserting transaction: lets the janitor mark exactly the rows the checkpoint covers
+    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     version integer NOT NULL DEFAULT 1
 );
 -- The janitor finds rows by status and age.

@@ -1,7 +1,12 @@
 -- The relay's durable position per slot: written only after broker acks,
--- never moved backwards (the relay's upsert guards on lsn).
+-- never moved backwards (the relay's upsert guards on lsn). The janitor keeps
+-- the snapshot it will mark rows by next; a blocked row is recorded for `status`.
 CREATE TABLE IF NOT EXISTS public.outbox_relay_checkpoint (
     slot_name text PRIMARY KEY,
     lsn pg_lsn NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS janitor_snapshot pg_snapshot;
+ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS janitor_lsn pg_lsn;
+ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS blocked_row_id bigint;
+ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS blocked_reason text;

@@ -18,12 +18,23 @@ use crate::sink::Publisher;
 use crate::source::control;
 
 /// Run the relay until `shutdown` becomes true (Ok) or a fatal error.
-pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let health = crate::health::Health::shared();
+    run_with_health(cfg, shutdown, health).await
+}
+
+/// [`run`] with a health handle the caller shares (the HTTP endpoint).
+pub async fn run_with_health(
+    cfg: Config,
+    mut shutdown: watch::Receiver<bool>,
+    health: crate::health::SharedHealth,
+) -> Result<()> {
     startup_checks(&cfg).await?;
+    health.set_broker_ok(true);
     let mut backoff = Backoff::new(cfg.relay.backoff_initial, cfg.relay.backoff_max);
     loop {
         let mut stats = SessionStats::default();
-        let outcome = relay::run_session(&cfg, &mut shutdown, &mut stats).await;
+        let outcome = relay::run_session(&cfg, &health, &mut shutdown, &mut stats).await;
         match outcome {
             Ok(relay::SessionEnd::Stopped) => return Ok(()),
             Err(e) => {
@@ -35,6 +46,8 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<()>
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
+                metrics::counter!(crate::metrics::RETRIES, "reason" => class.to_string())
+                    .increment(1);
                 tracing::warn!(error = %e, %class, retry_in = ?delay, "relay session failed; retrying from the durable checkpoint");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

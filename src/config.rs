@@ -43,6 +43,50 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Prometheus endpoint and health checks.
     pub metrics: MetricsConfig,
+    /// The janitor: marking published rows and pruning old ones.
+    pub cleanup: CleanupConfig,
+}
+
+/// What to do with a row that can never be published as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPermanentError {
+    /// Send it to the dead-letter topic, mark it FAILED, go on. The row
+    /// leaves the ordered stream.
+    Dlq,
+    /// Stall the stream at the row until an operator deletes it (or fixes
+    /// the cause); reported in logs, metrics and `status`.
+    Block,
+}
+
+/// The janitor's schedule and retention.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct CleanupConfig {
+    /// Run the janitor inside `run` (off: only `outbox-relay prune`).
+    pub enabled: bool,
+    /// Time between janitor passes.
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+    /// PROCESSED rows older than this many days are deleted.
+    pub retention_days: u32,
+    /// FAILED rows older than this many days are deleted (kept longer, for
+    /// investigation and `dlq replay`).
+    pub failed_retention_days: u32,
+    /// Delete rows once published instead of marking them PROCESSED.
+    pub delete_after_publish: bool,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cleanup_interval: Duration::from_secs(300),
+            retention_days: 7,
+            failed_retention_days: 30,
+            delete_after_publish: false,
+        }
+    }
 }
 
 /// The HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
@@ -141,6 +185,10 @@ pub struct ColumnsConfig {
     pub retry_count: String,
     /// Schema version of the event, for consumers.
     pub version: String,
+    /// `xid8` of the inserting transaction (`DEFAULT pg_current_xact_id()`):
+    /// lets the janitor tell which rows the checkpoint covers. Empty: the
+    /// janitor does not mark rows.
+    pub txid: String,
 }
 
 impl Default for ColumnsConfig {
@@ -158,6 +206,7 @@ impl Default for ColumnsConfig {
             processed_at: "processed_at".into(),
             retry_count: "retry_count".into(),
             version: "version".into(),
+            txid: "txid".into(),
         }
     }
 }
@@ -179,6 +228,8 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// Partitions of topics created by `create-topics`.
     pub topic_partitions: i32,
+    /// Dead-letter topic for rows that cannot be published.
+    pub dlq_topic: String,
     /// Any librdkafka producer property, passed through.
     pub properties: BTreeMap<String, String>,
 }
@@ -191,6 +242,7 @@ impl Default for KafkaConfig {
             max_in_flight: 10_000,
             create_topics: false,
             topic_partitions: 3,
+            dlq_topic: "outbox.dlq".into(),
             properties: BTreeMap::new(),
         }
     }
@@ -224,6 +276,16 @@ pub struct RelayConfig {
     /// How often the slot's health (`wal_status`) is checked.
     #[serde(with = "humantime_serde")]
     pub slot_check_interval: Duration,
+    /// Delivery attempts for a row the broker refuses permanently before it
+    /// is dead-lettered (or blocks).
+    pub max_retry: u32,
+    /// `dlq` or `block`.
+    pub on_permanent_error: OnPermanentError,
+    /// Largest `event_data` (bytes) the relay publishes; larger rows are
+    /// permanent errors.
+    pub max_payload_bytes: usize,
+    /// Rows per janitor statement, so no statement holds locks for long.
+    pub batch_size: u32,
 }
 
 impl Default for RelayConfig {
@@ -236,6 +298,10 @@ impl Default for RelayConfig {
             status_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
             slot_check_interval: Duration::from_secs(10),
+            max_retry: 3,
+            on_permanent_error: OnPermanentError::Dlq,
+            max_payload_bytes: 1_000_000,
+            batch_size: 1000,
         }
     }
 }
@@ -346,6 +412,7 @@ impl Config {
             ("outbox.columns.processed-at", &c.processed_at, true),
             ("outbox.columns.retry-count", &c.retry_count, true),
             ("outbox.columns.version", &c.version, true),
+            ("outbox.columns.txid", &c.txid, false),
         ] {
             if v.is_empty() && !required {
                 continue;
@@ -361,6 +428,29 @@ impl Config {
         }
         crate::sink::route::TopicTemplate::parse(&self.kafka.topic_template)
             .map_err(|m| ConfigError::new("kafka.topic-template", m))?;
+        crate::sink::route::validate_topic(&self.kafka.dlq_topic)
+            .map_err(|m| ConfigError::new("kafka.dlq-topic", m))?;
+        if self.relay.max_retry == 0 {
+            return Err(ConfigError::new(
+                "relay.max-retry",
+                "must be >= 1 (attempts, including the first)",
+            ));
+        }
+        if self.relay.max_payload_bytes == 0 {
+            return Err(ConfigError::new("relay.max-payload-bytes", "must be > 0"));
+        }
+        if self.relay.batch_size == 0 {
+            return Err(ConfigError::new("relay.batch-size", "must be > 0"));
+        }
+        if self.cleanup.cleanup_interval.is_zero() {
+            return Err(ConfigError::new("cleanup.cleanup-interval", "must be > 0"));
+        }
+        if self.cleanup.failed_retention_days < self.cleanup.retention_days {
+            return Err(ConfigError::new(
+                "cleanup.failed-retention-days",
+                "must be >= cleanup.retention-days",
+            ));
+        }
         if self.kafka.max_in_flight == 0 {
             return Err(ConfigError::new("kafka.max-in-flight", "must be > 0"));
         }
@@ -381,7 +471,10 @@ impl Config {
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(ConfigError::new("metrics.listen", "must be host:port with a numeric IP, e.g. 0.0.0.0:9187, or empty to disable"));
+            return Err(ConfigError::new(
+                "metrics.listen",
+                "must be host:port with a numeric IP, e.g. 0.0.0.0:9187, or empty to disable",
+            ));
         }
         if self.relay.slot_check_interval.is_zero() {
             return Err(ConfigError::new("relay.slot-check-interval", "must be > 0"));

@@ -43,6 +43,7 @@ pub mod backoff;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod dead_letter;
 pub mod decode;
 pub mod emit;
 pub mod error;

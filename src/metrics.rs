@@ -59,19 +59,58 @@ pub const ALL: &[&str] = &[
 
 /// Register descriptions with the installed recorder.
 pub fn describe() {
-    describe_gauge!(LAG_BYTES, Unit::Bytes, "WAL bytes between the server's current position and the durable checkpoint");
-    describe_gauge!(LAG_SECONDS, Unit::Seconds, "Age of the oldest committed outbox transaction not yet acknowledged; 0 when caught up");
-    describe_counter!(EVENTS_PUBLISHED, "Outbox events acknowledged by the broker, by topic");
+    describe_gauge!(
+        LAG_BYTES,
+        Unit::Bytes,
+        "WAL bytes between the server's current position and the durable checkpoint"
+    );
+    describe_gauge!(
+        LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest committed outbox transaction not yet acknowledged; 0 when caught up"
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        "Outbox events acknowledged by the broker, by topic"
+    );
     describe_counter!(DLQ_TOTAL, "Outbox rows sent to the dead-letter topic");
-    describe_counter!(RETRIES, "Retries after transient errors (session restarts), by reason");
-    describe_gauge!(IN_FLIGHT, "Messages handed to the producer and not yet acknowledged");
+    describe_counter!(
+        RETRIES,
+        "Retries after transient errors (session restarts), by reason"
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Messages handed to the producer and not yet acknowledged"
+    );
     describe_gauge!(CHECKPOINT_LSN, "Durable checkpoint LSN as a number");
-    describe_gauge!(CHECKPOINT_TIMESTAMP, Unit::Seconds, "Unix time of the last checkpoint write");
-    describe_histogram!(PRODUCE_LATENCY, Unit::Seconds, "Time from handing a message to the producer until the broker acknowledged it");
-    describe_histogram!(END_TO_END_LATENCY, Unit::Seconds, "Time from the transaction's commit until the broker acknowledged the message");
+    describe_gauge!(
+        CHECKPOINT_TIMESTAMP,
+        Unit::Seconds,
+        "Unix time of the last checkpoint write"
+    );
+    describe_histogram!(
+        PRODUCE_LATENCY,
+        Unit::Seconds,
+        "Time from handing a message to the producer until the broker acknowledged it"
+    );
+    describe_histogram!(
+        END_TO_END_LATENCY,
+        Unit::Seconds,
+        "Time from the transaction's commit until the broker acknowledged the message"
+    );
     describe_histogram!(TRANSACTION_SIZE, "Outbox rows per relayed transaction");
-    describe_gauge!(SLOT_WAL_STATUS, "Replication slot wal_status: 1 for the current status label");
-    describe_gauge!(HEARTBEAT_AGE, Unit::Seconds, "Seconds since the relay last saw a heartbeat or an outbox transaction");
+    describe_gauge!(
+        SLOT_WAL_STATUS,
+        "Replication slot wal_status: 1 for the current status label"
+    );
+    describe_gauge!(
+        HEARTBEAT_AGE,
+        Unit::Seconds,
+        "Seconds since the relay last saw a heartbeat or an outbox transaction"
+    );
     describe_gauge!(STREAM_UP, "1 while the replication stream is running");
-    describe_gauge!(BLOCKED_ROW, "Id of the outbox row blocking the stream (on-permanent-error = block), 0 when none");
+    describe_gauge!(
+        BLOCKED_ROW,
+        "Id of the outbox row blocking the stream (on-permanent-error = block), 0 when none"
+    );
 }

@@ -3,39 +3,52 @@
 //! A session loads the durable checkpoint, opens the stream there, decodes
 //! outbox inserts and hands them to the producer in commit order, collects
 //! delivery reports, and periodically persists and confirms the durable
-//! position. Any error ends the session; the supervisor in [`crate::app`]
-//! decides whether to retry (transient) or stop (fatal). A retried session
-//! starts again from the durable checkpoint: messages that were in flight are
-//! sent again (duplicates), never skipped (invariant 4, stall never skip).
+//! position. Any transient error ends the session; the supervisor in
+//! [`crate::app`] retries with backoff (or stops on a fatal error). A retried
+//! session starts again from the durable checkpoint: messages that were in
+//! flight are sent again (duplicates), never skipped.
 //!
 //! Invariants kept here:
 //! * 2 — persist, then confirm: [`Session::checkpoint`] writes the table and
 //!   only then calls `update_applied_lsn`. On start, transactions whose commit
 //!   LSN is below the loaded checkpoint are skipped.
-//! * 5 — idle slots advance: a keepalive received while nothing is open or in
-//!   flight is confirmed to the slot (not written to the table).
+//! * 4 — stall, never skip: transient errors end the session (replay from
+//!   the checkpoint); only a permanent, row-level error moves a row to the
+//!   DLQ, and the row counts as done only when the DLQ copy was acked.
+//! * 5 — idle slots advance: a keepalive or heartbeat received while nothing
+//!   is open or in flight is confirmed to the slot (not written to the table).
 //! * 6 — bounded memory: the stream is not read while `kafka.max-in-flight`
 //!   messages await acks; a transaction is counted, never buffered.
 //!
 //! Invariant 1 (which LSN is durable) is in [`crate::tracker`], invariant 3
-//! (order) in [`crate::sink`].
+//! (order) in [`crate::sink`], the DLQ message format in
+//! [`crate::dead_letter`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
 
+use crate::backoff::Backoff;
 use crate::checkpoint::{CheckpointStore, PgCheckpointStore};
-use crate::config::Config;
-use crate::decode::{self, Message, OutboxMapping, ResolvedRelation};
-use crate::error::{RelayError, Result};
+use crate::config::{Config, OnPermanentError};
+use crate::dead_letter::{self, DeadLetter, Reason};
+use crate::decode::{self, Message, OutboxMapping, OutboxRecord, ResolvedRelation};
+use crate::error::{ErrorClass, RelayError, Result};
+use crate::health::SharedHealth;
+use crate::metrics as m;
+use crate::sink::classify::kafka_class;
 use crate::sink::message::{format_lsn, TxnMeta};
 use crate::sink::route::{validate_topic, RouteFields, TopicTemplate};
-use crate::sink::{Delivery, Publisher, SendError};
+use crate::sink::{Delivery, FailedMessage, MsgTag, Publisher, SendError};
 use crate::source;
 use crate::tracker::AckTracker;
+
+/// Prefix of the heartbeat logical messages (see `crate::heartbeat`).
+pub const HEARTBEAT_PREFIX: &str = "outbox-relay-heartbeat";
 
 /// How a session ended without error.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,11 +73,30 @@ struct Current {
     meta: TxnMeta,
     /// Already published before the checkpoint we resumed from.
     skip: bool,
+    rows: usize,
+}
+
+/// Work scheduled for later: a retry of a refused message, or its DLQ copy.
+enum Action {
+    Resend(Box<FailedMessage>, Box<MsgTag>),
+    DeadLetter(DeadLetter, Box<MsgTag>),
+}
+
+/// The stream is stalled at one row (`on-permanent-error = "block"`).
+struct Blocked {
+    row_id: Option<i64>,
+    reason: String,
+    /// The refused message, when the broker refused it (retried on each
+    /// check); `None` when it never got that far (retrying cannot help).
+    refused: Option<(Box<FailedMessage>, Box<MsgTag>)>,
+    next_check: Instant,
+    backoff: Backoff,
 }
 
 /// One replication session.
 pub struct Session<'a> {
     cfg: &'a Config,
+    health: SharedHealth,
     template: TopicTemplate,
     table_name: String,
     mapping: OutboxMapping,
@@ -77,14 +109,27 @@ pub struct Session<'a> {
     persisted: u64,
     /// Last position reported to the slot.
     confirmed: u64,
-    /// Newest keepalive position seen while nothing was open or in flight.
+    /// Newest keepalive/heartbeat position seen while nothing was open or in
+    /// flight.
     idle_position: u64,
+    /// Newest WAL position the server reported.
+    server_wal_end: u64,
+    /// Last time an outbox transaction or heartbeat came through.
+    last_activity: Instant,
+    /// Dead-lettered rows (id, attempts) to mark FAILED before the next
+    /// checkpoint write.
+    failed_rows: Vec<(i64, i32)>,
+    scheduled: Vec<(Instant, Action)>,
+    blocked: Option<Blocked>,
+    /// `blocked` changed since it was last recorded in the checkpoint table.
+    blocked_dirty: bool,
     stats: &'a mut SessionStats,
 }
 
 /// Run one session until shutdown (Ok) or the first error (Err).
 pub async fn run_session(
     cfg: &Config,
+    health: &SharedHealth,
     shutdown: &mut watch::Receiver<bool>,
     stats: &mut SessionStats,
 ) -> Result<SessionEnd> {
@@ -98,20 +143,28 @@ pub async fn run_session(
         resume_from = %resume.map(format_lsn).unwrap_or_else(|| "slot position".into()),
         "replication session started"
     );
-    let mut session = Session::new(cfg, resume.unwrap_or(0), stats)?;
+    health.set_stream_up(true);
+    let mut session = Session::new(cfg, health.clone(), resume.unwrap_or(0), stats)?;
     let result = session
         .run(stream, publisher, deliveries, &store, shutdown)
         .await;
+    health.set_stream_up(false);
     result
 }
 
 impl<'a> Session<'a> {
-    fn new(cfg: &'a Config, resume_from: u64, stats: &'a mut SessionStats) -> Result<Self> {
+    fn new(
+        cfg: &'a Config,
+        health: SharedHealth,
+        resume_from: u64,
+        stats: &'a mut SessionStats,
+    ) -> Result<Self> {
         let template = TopicTemplate::parse(&cfg.kafka.topic_template)
-            .map_err(|m| crate::error::ConfigError::new("kafka.topic-template", m))?;
+            .map_err(|msg| crate::error::ConfigError::new("kafka.topic-template", msg))?;
         let table = cfg.outbox_table();
         Ok(Self {
             cfg,
+            health,
             template,
             table_name: table.name.clone(),
             mapping: OutboxMapping::new(table, cfg.column_names()),
@@ -122,36 +175,53 @@ impl<'a> Session<'a> {
             persisted: resume_from,
             confirmed: resume_from,
             idle_position: 0,
+            server_wal_end: 0,
+            last_activity: Instant::now(),
+            failed_rows: Vec::new(),
+            scheduled: Vec::new(),
+            blocked: None,
+            blocked_dirty: false,
             stats,
         })
     }
 
-    async fn run<S: CheckpointStore>(
+    async fn run(
         &mut self,
         mut stream: ReplicationClient,
         mut publisher: Publisher,
         mut deliveries: mpsc::UnboundedReceiver<Delivery>,
-        store: &S,
+        store: &PgCheckpointStore,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<SessionEnd> {
         let mut tick = tokio::time::interval(self.cfg.relay.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let max_in_flight = self.cfg.kafka.max_in_flight;
+        let far = Duration::from_secs(3600);
         let outcome: Result<()> = async {
             loop {
                 if *shutdown.borrow() {
                     return Ok(());
                 }
+                self.run_due_actions(&publisher);
                 if self.tracker.unpersisted() >= max_in_flight / 2 && self.tracker.has_persistable() {
                     // Keep the re-send window small without waiting for the tick.
                     self.checkpoint(store, &stream).await?;
                 }
-                let can_read = self.window_open(max_in_flight);
+                let can_read = self.blocked.is_none() && self.window_open(max_in_flight);
+                let next_action = self.scheduled.iter().map(|(due, _)| *due).min();
+                let next_check = self.blocked.as_ref().map(|b| b.next_check);
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {}
                     Some(d) = deliveries.recv() => self.on_delivery(d)?,
-                    _ = tick.tick() => self.checkpoint(store, &stream).await?,
+                    _ = tick.tick() => {
+                        self.checkpoint(store, &stream).await?;
+                        self.publish_gauges(&publisher);
+                    }
+                    _ = tokio::time::sleep_until(next_action.unwrap_or_else(|| Instant::now() + far).into()),
+                        if next_action.is_some() => {}
+                    _ = tokio::time::sleep_until(next_check.unwrap_or_else(|| Instant::now() + far).into()),
+                        if next_check.is_some() => self.check_blocked(store.client()).await?,
                     ev = stream.recv(), if can_read => {
                         match ev? {
                             Some(ev) => self.on_event(ev, &mut publisher, &mut deliveries).await?,
@@ -196,10 +266,10 @@ impl<'a> Session<'a> {
 
     /// Graceful stop: stop reading, wait (bounded) for in-flight acks, then
     /// persist and confirm what is durable.
-    async fn drain<S: CheckpointStore>(
+    async fn drain(
         &mut self,
         deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
-        store: &S,
+        store: &PgCheckpointStore,
         stream: &ReplicationClient,
     ) -> Result<()> {
         let deadline = Instant::now() + self.cfg.relay.shutdown_timeout;
@@ -207,7 +277,7 @@ impl<'a> Session<'a> {
             in_flight = self.tracker.in_flight(),
             "draining in-flight messages"
         );
-        while self.tracker.in_flight() > 0 {
+        while self.tracker.in_flight() > 0 && self.scheduled.is_empty() && self.blocked.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, deliveries.recv()).await {
                 Ok(Some(d)) => self.on_delivery(d)?,
@@ -226,27 +296,268 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    // ---- delivery reports -------------------------------------------------
+
     fn on_delivery(&mut self, d: Delivery) -> Result<()> {
+        let tag = d.tag;
         match d.result {
-            Ok(()) => {
-                self.tracker.acked(d.txn);
+            Ok(topic) => {
+                if tag.is_dlq {
+                    metrics::counter!(m::DLQ_TOTAL).increment(1);
+                    if tag.row_id != 0 {
+                        let attempts = i32::try_from(tag.attempt).unwrap_or(i32::MAX);
+                        self.failed_rows.push((tag.row_id, attempts));
+                    }
+                } else {
+                    metrics::counter!(m::EVENTS_PUBLISHED, "topic" => topic).increment(1);
+                    metrics::histogram!(m::PRODUCE_LATENCY)
+                        .record(tag.sent_at.elapsed().as_secs_f64());
+                    let now_ms = unix_millis(SystemTime::now());
+                    let e2e = (now_ms - tag.commit_unix_millis).max(0) as f64 / 1000.0;
+                    metrics::histogram!(m::END_TO_END_LATENCY).record(e2e);
+                }
+                if self
+                    .blocked
+                    .as_ref()
+                    .is_some_and(|b| b.row_id == Some(tag.row_id))
+                {
+                    self.unblock("the broker accepted it");
+                }
+                self.health.set_broker_ok(true);
+                self.tracker.acked(tag.txn);
                 self.stats.acked += 1;
                 Ok(())
             }
-            Err(e) => Err(RelayError::kafka(
-                "delivery failed; replaying from the durable checkpoint",
-                e,
-            )),
+            Err(failed) => {
+                let class = kafka_class(&failed.error);
+                if tag.is_dlq {
+                    // Never drop: a failed DLQ write stalls the stream.
+                    return Err(RelayError::kafka(
+                        format!(
+                            "dead-letter write for outbox row id={} failed; stalling",
+                            tag.row_id
+                        ),
+                        failed.error,
+                    ));
+                }
+                match class {
+                    ErrorClass::Permanent => {
+                        self.on_permanent_refusal(failed, tag);
+                        Ok(())
+                    }
+                    _ => Err(RelayError::kafka(
+                        format!(
+                            "delivery of outbox row id={} failed; replaying from the durable checkpoint",
+                            tag.row_id
+                        ),
+                        failed.error,
+                    )),
+                }
+            }
         }
     }
 
+    /// The broker refused a message for a reason retrying will not fix:
+    /// retry up to `relay.max-retry` attempts with backoff, then dead-letter
+    /// (or block).
+    fn on_permanent_refusal(&mut self, failed: Box<FailedMessage>, mut tag: Box<MsgTag>) {
+        let err_text = failed.error.to_string();
+        tag.first_failure.get_or_insert_with(SystemTime::now);
+        tag.first_error.get_or_insert_with(|| err_text.clone());
+        tracing::warn!(row_id = tag.row_id, attempt = tag.attempt, topic = %failed.topic, error = %err_text, "broker refused outbox row");
+        if tag.attempt < self.cfg.relay.max_retry {
+            metrics::counter!(m::RETRIES, "reason" => "permanent").increment(1);
+            let mut b = Backoff::new(self.cfg.relay.backoff_initial, self.cfg.relay.backoff_max);
+            let mut delay = b.next_delay();
+            for _ in 1..tag.attempt {
+                delay = b.next_delay();
+            }
+            self.scheduled
+                .push((Instant::now() + delay, Action::Resend(failed, tag)));
+            return;
+        }
+        match self.cfg.relay.on_permanent_error {
+            OnPermanentError::Dlq => {
+                let reason = Reason {
+                    class: "permanent",
+                    message: err_text,
+                    original_topic: failed.topic.clone(),
+                    attempts: tag.attempt,
+                    first_failure: tag.first_failure.unwrap_or_else(SystemTime::now),
+                    drop_value: value_was_the_problem(&failed.error),
+                };
+                let FailedMessage {
+                    key,
+                    payload,
+                    headers,
+                    ..
+                } = *failed;
+                let dl = dead_letter::from_failed(
+                    tag.row_id,
+                    key,
+                    payload,
+                    headers,
+                    tag.commit_unix_millis,
+                    &reason,
+                );
+                let dtag = Box::new(MsgTag {
+                    is_dlq: true,
+                    ..(*tag).clone()
+                });
+                self.scheduled
+                    .push((Instant::now(), Action::DeadLetter(dl, dtag)));
+                // The original message's slot in the tracker is released when
+                // its DLQ copy is acknowledged (the DLQ tag carries its txn);
+                // account for the extra message now.
+                self.tracker.sent(tag.txn);
+                self.tracker.acked(tag.txn);
+            }
+            OnPermanentError::Block => {
+                let reason = format!("broker refused it {} times: {err_text}", tag.attempt);
+                self.block(Some(tag.row_id), reason, Some((failed, tag)));
+            }
+        }
+    }
+
+    fn run_due_actions(&mut self, publisher: &Publisher) {
+        if self.scheduled.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.scheduled)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.scheduled = later;
+        for (_, action) in due {
+            let (res, redo) = match action {
+                Action::Resend(failed, mut tag) => {
+                    tag.attempt += 1;
+                    tag.sent_at = Instant::now();
+                    let r = publisher.send_raw(
+                        &failed.topic,
+                        failed.key.as_deref(),
+                        failed.payload.as_deref(),
+                        &failed.headers,
+                        tag.commit_unix_millis,
+                        tag,
+                    );
+                    (r, Some(failed))
+                }
+                Action::DeadLetter(dl, tag) => {
+                    let r = publisher.send_raw(
+                        &self.cfg.kafka.dlq_topic,
+                        dl.key.as_deref(),
+                        dl.value.as_deref(),
+                        &dl.headers,
+                        dl.timestamp_ms,
+                        tag,
+                    );
+                    match r {
+                        Ok(()) => continue,
+                        Err((e, tag)) => {
+                            self.reschedule_after_send_error(e, Action::DeadLetter(dl, tag));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let (Err((e, mut tag)), Some(failed)) = (res, redo) {
+                tag.attempt -= 1;
+                self.reschedule_after_send_error(e, Action::Resend(failed, tag));
+            }
+        }
+    }
+
+    fn reschedule_after_send_error(&mut self, e: SendError, action: Action) {
+        // Queue full or a local error enqueuing: try again shortly; a
+        // permanent local refusal surfaces again as a delivery report.
+        if let SendError::Kafka(err) = &e {
+            tracing::warn!(error = %err, "could not enqueue a retry; trying again");
+        }
+        self.scheduled
+            .push((Instant::now() + Duration::from_millis(50), action));
+    }
+
+    // ---- blocking (on-permanent-error = "block") ----------------------------
+
+    fn block(
+        &mut self,
+        row_id: Option<i64>,
+        reason: String,
+        refused: Option<(Box<FailedMessage>, Box<MsgTag>)>,
+    ) {
+        let id_text = row_id
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        tracing::error!(
+            row_id = %id_text,
+            %reason,
+            "stream blocked at outbox row id={id_text} (relay.on-permanent-error = \"block\"): \
+             delete the row or fix the cause; the relay checks again with backoff"
+        );
+        metrics::gauge!(m::BLOCKED_ROW).set(row_id.unwrap_or(-1) as f64);
+        let mut backoff = Backoff::new(self.cfg.relay.backoff_initial, self.cfg.relay.backoff_max);
+        let next_check = Instant::now() + backoff.next_delay();
+        self.blocked = Some(Blocked {
+            row_id,
+            reason,
+            refused,
+            next_check,
+            backoff,
+        });
+        self.blocked_dirty = true;
+    }
+
+    fn unblock(&mut self, why: &str) {
+        if let Some(b) = self.blocked.take() {
+            tracing::info!(row_id = ?b.row_id, "stream unblocked: {why}");
+            metrics::gauge!(m::BLOCKED_ROW).set(0.0);
+            self.blocked_dirty = true;
+        }
+    }
+
+    async fn check_blocked(&mut self, client: &Client) -> Result<()> {
+        let Some(b) = self.blocked.as_mut() else {
+            return Ok(());
+        };
+        b.next_check = Instant::now() + b.backoff.next_delay();
+        let row_id = b.row_id;
+        if let Some(id) = row_id {
+            if !dead_letter::row_exists(client, self.cfg, id).await? {
+                if let Some((_, tag)) = b.refused.take() {
+                    // Its message will never be acknowledged: release it.
+                    self.tracker.acked(tag.txn);
+                }
+                self.unblock("the row was deleted");
+                return Ok(());
+            }
+        }
+        if let Some((failed, mut tag)) = b.refused.take() {
+            // Maybe the cause was fixed (topic created, ACL granted, limit
+            // raised): try again, one attempt at a time.
+            tag.attempt = self.cfg.relay.max_retry.saturating_sub(1);
+            self.scheduled
+                .push((Instant::now(), Action::Resend(failed, tag)));
+        }
+        Ok(())
+    }
+
+    // ---- checkpoint -------------------------------------------------------
+
     /// Persist the durable position if rows were published since the last
     /// write, then confirm to the slot what is safe to confirm.
-    async fn checkpoint<S: CheckpointStore>(
+    async fn checkpoint(
         &mut self,
-        store: &S,
+        store: &PgCheckpointStore,
         stream: &ReplicationClient,
     ) -> Result<()> {
+        let client = store.client();
+        if !self.failed_rows.is_empty() {
+            // Before the checkpoint that covers them: the janitor must never
+            // see a dead-lettered row as PENDING below the checkpoint.
+            dead_letter::mark_failed(client, self.cfg, &self.failed_rows).await?;
+            self.failed_rows.clear();
+        }
         let durable = self.tracker.durable();
         if self.tracker.durable_with_rows() > self.persisted {
             tokio::time::timeout(self.cfg.postgres.connect_timeout, store.save(durable))
@@ -255,7 +566,18 @@ impl<'a> Session<'a> {
             self.persisted = durable;
             self.tracker.persisted(durable);
             self.stats.persisted = self.stats.persisted.max(durable);
+            metrics::gauge!(m::CHECKPOINT_LSN).set(durable as f64);
+            metrics::gauge!(m::CHECKPOINT_TIMESTAMP)
+                .set(unix_millis(SystemTime::now()) as f64 / 1000.0);
             tracing::debug!(checkpoint = %format_lsn(durable), "checkpoint persisted");
+        }
+        if self.blocked_dirty {
+            let b = self
+                .blocked
+                .as_ref()
+                .map(|b| (b.row_id.unwrap_or(-1), b.reason.as_str()));
+            dead_letter::record_blocked(client, self.cfg, b).await?;
+            self.blocked_dirty = false;
         }
         // Everything published up to `durable` is persisted; what lies between
         // `persisted` and `durable` had no outbox rows, so confirming it loses
@@ -272,6 +594,25 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    fn publish_gauges(&self, publisher: &Publisher) {
+        metrics::gauge!(m::IN_FLIGHT).set(self.tracker.in_flight() as f64);
+        let lag_seconds = match self.tracker.oldest_pending_commit_millis() {
+            Some(ms) => (unix_millis(SystemTime::now()) - ms).max(0) as f64 / 1000.0,
+            None => 0.0,
+        };
+        metrics::gauge!(m::LAG_SECONDS).set(lag_seconds);
+        let position = self
+            .tracker
+            .durable()
+            .max(self.idle_position)
+            .max(self.confirmed);
+        metrics::gauge!(m::LAG_BYTES).set(self.server_wal_end.saturating_sub(position) as f64);
+        metrics::gauge!(m::HEARTBEAT_AGE).set(self.last_activity.elapsed().as_secs_f64());
+        let _ = publisher;
+    }
+
+    // ---- replication events -------------------------------------------------
+
     async fn on_event(
         &mut self,
         ev: ReplicationEvent,
@@ -286,26 +627,52 @@ impl<'a> Session<'a> {
             } => {
                 let commit_lsn = final_lsn.as_u64();
                 let skip = commit_lsn < self.resume_from;
-                let seq = if skip { 0 } else { self.tracker.begin() };
+                let meta = TxnMeta::new(commit_lsn, commit_time_micros);
+                let seq = if skip {
+                    0
+                } else {
+                    self.tracker.begin(meta.commit_unix_millis)
+                };
                 self.current = Some(Current {
                     seq,
-                    meta: TxnMeta::new(commit_lsn, commit_time_micros),
+                    meta,
                     skip,
+                    rows: 0,
                 });
+                self.server_wal_end = self.server_wal_end.max(commit_lsn);
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if let Some(cur) = self.current.take() {
                     if !cur.skip {
                         self.tracker.commit(cur.seq, end_lsn.as_u64());
+                        if cur.rows > 0 {
+                            metrics::histogram!(m::TRANSACTION_SIZE).record(cur.rows as f64);
+                            self.last_activity = Instant::now();
+                        }
                     }
                 }
+                self.server_wal_end = self.server_wal_end.max(end_lsn.as_u64());
             }
-            ReplicationEvent::XLogData { data, .. } => {
+            ReplicationEvent::XLogData { data, wal_end, .. } => {
+                self.server_wal_end = self.server_wal_end.max(wal_end.as_u64());
                 self.on_data(&data, publisher, deliveries).await?;
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
+                self.server_wal_end = self.server_wal_end.max(wal_end.as_u64());
                 if self.current.is_none() && self.tracker.is_idle() {
                     self.idle_position = self.idle_position.max(wal_end.as_u64());
+                }
+            }
+            ReplicationEvent::Message {
+                transactional: false,
+                lsn,
+                prefix,
+                ..
+            } if prefix == HEARTBEAT_PREFIX => {
+                self.last_activity = Instant::now();
+                self.server_wal_end = self.server_wal_end.max(lsn.as_u64());
+                if self.current.is_none() && self.tracker.is_idle() {
+                    self.idle_position = self.idle_position.max(lsn.as_u64());
                 }
             }
             ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
@@ -342,6 +709,7 @@ impl<'a> Session<'a> {
                 if cur.skip {
                     return Ok(());
                 }
+                let (seq, meta) = (cur.seq, cur.meta.clone());
                 let resolved = match self.resolved.get(&relation_id) {
                     Some(Some(r)) => r.clone(),
                     Some(None) => return Ok(()), // another table in the publication
@@ -353,7 +721,24 @@ impl<'a> Session<'a> {
                         ))
                     }
                 };
-                let rec = resolved.record(&tuple)?;
+                if let Some(c) = self.current.as_mut() {
+                    c.rows += 1;
+                }
+                let rec = match resolved.record(&tuple) {
+                    Ok(rec) => rec,
+                    Err(row_err) => {
+                        let reason = Reason {
+                            class: "permanent",
+                            message: row_err.to_string(),
+                            original_topic: String::new(),
+                            attempts: 1,
+                            first_failure: SystemTime::now(),
+                            drop_value: true,
+                        };
+                        let dl = dead_letter::from_row_error(&row_err, &meta, &reason);
+                        return self.reject_locally(row_err.row_id, dl, seq, &meta, reason.message);
+                    }
+                };
                 let topic = match &rec.topic {
                     Some(t) => t.clone(),
                     None => self.template.render(&RouteFields {
@@ -362,35 +747,135 @@ impl<'a> Session<'a> {
                         table: &self.table_name,
                     }),
                 };
-                validate_topic(&topic).map_err(|reason| RelayError::RowRejected {
-                    row_id: rec.id,
-                    reason,
-                })?;
-                publisher.ensure_topic(&topic).await?;
-                let (seq, meta) = (cur.seq, cur.meta.clone());
-                loop {
-                    match publisher.send(&rec, &meta, &topic, seq) {
-                        Ok(()) => break,
-                        Err(SendError::QueueFull) => {
-                            // librdkafka's own queue is full: wait for one
-                            // report, then try again.
-                            match deliveries.recv().await {
-                                Some(d) => self.on_delivery(d)?,
-                                None => tokio::time::sleep(Duration::from_millis(1)).await,
-                            }
-                        }
-                        Err(SendError::Kafka(e)) => {
-                            return Err(RelayError::kafka(
-                                format!("producing outbox row id={}", rec.id),
-                                e,
-                            ))
-                        }
-                    }
+                if let Some((problem, drop_value)) = self.local_check(&rec, &topic) {
+                    let reason = Reason {
+                        class: "permanent",
+                        message: format!("outbox row id={}: {problem}", rec.id),
+                        original_topic: topic.clone(),
+                        attempts: 1,
+                        first_failure: SystemTime::now(),
+                        drop_value,
+                    };
+                    let dl = dead_letter::from_record(&rec, &meta, &reason);
+                    return self.reject_locally(Some(rec.id), dl, seq, &meta, reason.message);
                 }
-                self.tracker.sent(seq);
+                publisher.ensure_topic(&topic).await?;
+                self.enqueue_record(&rec, &meta, &topic, seq, publisher, deliveries)
+                    .await?;
             }
             Message::Type { .. } | Message::Origin { .. } | Message::Other(_) => {}
         }
         Ok(())
     }
+
+    /// Checks that fail before the broker is asked: the topic name and the
+    /// payload size. Returns the problem and whether the value is at fault.
+    fn local_check(&self, rec: &OutboxRecord, topic: &str) -> Option<(String, bool)> {
+        if let Err(msg) = validate_topic(topic) {
+            return Some((msg, false));
+        }
+        let limit = self.cfg.relay.max_payload_bytes;
+        if rec.payload.len() > limit {
+            return Some((
+                format!(
+                    "event_data is {} bytes, over relay.max-payload-bytes = {limit}",
+                    rec.payload.len()
+                ),
+                true,
+            ));
+        }
+        None
+    }
+
+    /// A row that can never be published as it is, found before producing:
+    /// dead-letter it (one attempt: the check is deterministic, retrying
+    /// would give the same answer) or block.
+    fn reject_locally(
+        &mut self,
+        row_id: Option<i64>,
+        dl: DeadLetter,
+        seq: u64,
+        meta: &TxnMeta,
+        message: String,
+    ) -> Result<()> {
+        tracing::warn!(row_id = ?row_id, "{message}");
+        match self.cfg.relay.on_permanent_error {
+            OnPermanentError::Dlq => {
+                let tag = Box::new(MsgTag {
+                    txn: seq,
+                    row_id: row_id.unwrap_or(0),
+                    sent_at: Instant::now(),
+                    commit_unix_millis: meta.commit_unix_millis,
+                    attempt: 1,
+                    first_failure: Some(SystemTime::now()),
+                    first_error: Some(message),
+                    is_dlq: true,
+                });
+                self.tracker.sent(seq);
+                self.scheduled
+                    .push((Instant::now(), Action::DeadLetter(dl, tag)));
+            }
+            OnPermanentError::Block => self.block(row_id, message, None),
+        }
+        Ok(())
+    }
+
+    async fn enqueue_record(
+        &mut self,
+        rec: &OutboxRecord,
+        meta: &TxnMeta,
+        topic: &str,
+        seq: u64,
+        publisher: &Publisher,
+        deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
+    ) -> Result<()> {
+        let mut tag = Box::new(MsgTag {
+            txn: seq,
+            row_id: rec.id,
+            sent_at: Instant::now(),
+            commit_unix_millis: meta.commit_unix_millis,
+            attempt: 1,
+            first_failure: None,
+            first_error: None,
+            is_dlq: false,
+        });
+        loop {
+            match publisher.send(rec, meta, topic, tag) {
+                Ok(()) => break,
+                Err((SendError::QueueFull, t)) => {
+                    // librdkafka's own queue is full: wait for one report,
+                    // then try again.
+                    tag = t;
+                    match deliveries.recv().await {
+                        Some(d) => self.on_delivery(d)?,
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+                Err((SendError::Kafka(e), _)) => {
+                    return Err(RelayError::kafka(
+                        format!("producing outbox row id={}", rec.id),
+                        e,
+                    ))
+                }
+            }
+        }
+        self.tracker.sent(seq);
+        Ok(())
+    }
+}
+
+/// Broker errors where the message's value is what was refused: the DLQ
+/// copy leaves it out.
+fn value_was_the_problem(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord | C::InvalidMessage)
+    )
+}
+
+fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -32,6 +32,14 @@ pub fn init_statements(cfg: &Config) -> Vec<Step> {
     } else {
         format!("    {} jsonb,\n", c.headers)
     };
+    let txid_col = if c.txid.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "    -- inserting transaction: lets the janitor mark exactly the rows the checkpoint covers\n    {} xid8 NOT NULL DEFAULT pg_current_xact_id(),\n",
+            c.txid
+        )
+    };
     let topic_col = if c.topic.is_empty() {
         String::new()
     } else {
@@ -51,6 +59,7 @@ pub fn init_statements(cfg: &Config) -> Vec<Step> {
          \x20   {pa} timestamptz,\n\
          \x20   {st} text NOT NULL DEFAULT 'PENDING' CHECK ({st} IN ('PENDING', 'PROCESSED', 'FAILED')),\n\
          \x20   {rc} integer NOT NULL DEFAULT 0,\n\
+         {txid_col}\
          \x20   {ver} integer NOT NULL DEFAULT 1\n\
          );\n\
          -- The janitor finds rows by status and age.\n\
@@ -128,12 +137,17 @@ pub fn init_statements(cfg: &Config) -> Vec<Step> {
     );
     let checkpoint = format!(
         "-- The relay's durable position per slot: written only after broker acks,\n\
-         -- never moved backwards (the relay's upsert guards on lsn).\n\
+         -- never moved backwards (the relay's upsert guards on lsn). The janitor keeps\n\
+         -- the snapshot it will mark rows by next; a blocked row is recorded for `status`.\n\
          CREATE TABLE IF NOT EXISTS {ckpt} (\n\
          \x20   slot_name text PRIMARY KEY,\n\
          \x20   lsn pg_lsn NOT NULL,\n\
          \x20   updated_at timestamptz NOT NULL DEFAULT now()\n\
-         );\n"
+         );\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS janitor_snapshot pg_snapshot;\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS janitor_lsn pg_lsn;\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS blocked_row_id bigint;\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS blocked_reason text;\n"
     );
     vec![
         Step {

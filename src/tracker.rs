@@ -22,6 +22,8 @@ struct Txn {
     sent: usize,
     /// Commit end-LSN, known once the Commit message arrived.
     end_lsn: Option<u64>,
+    /// Commit time (Unix ms), for the lag-in-seconds metric.
+    commit_unix_millis: i64,
 }
 
 /// Tracks transactions from Begin until all their messages are acked.
@@ -51,15 +53,22 @@ impl AckTracker {
         }
     }
 
-    /// A transaction began; returns its sequence number.
-    pub fn begin(&mut self) -> u64 {
+    /// A transaction (committed at `commit_unix_millis`) began; returns its
+    /// sequence number.
+    pub fn begin(&mut self, commit_unix_millis: i64) -> u64 {
         let seq = self.base + self.txns.len() as u64;
         self.txns.push_back(Txn {
             pending: 0,
             sent: 0,
             end_lsn: None,
+            commit_unix_millis,
         });
         seq
+    }
+
+    /// Commit time of the oldest transaction not yet durable.
+    pub fn oldest_pending_commit_millis(&self) -> Option<i64> {
+        self.txns.front().map(|t| t.commit_unix_millis)
     }
 
     /// One message of transaction `seq` was handed to the producer.
@@ -173,11 +182,11 @@ mod tests {
     #[test]
     fn out_of_order_acks_wait_for_earlier_transactions() {
         let mut t = AckTracker::new(5);
-        let a = t.begin();
+        let a = t.begin(0);
         t.sent(a);
         t.sent(a);
         t.commit(a, 100);
-        let b = t.begin();
+        let b = t.begin(0);
         t.sent(b);
         t.commit(b, 200);
         // b fully acked first: nothing durable yet
@@ -194,7 +203,7 @@ mod tests {
     #[test]
     fn open_transaction_blocks_even_when_acked() {
         let mut t = AckTracker::new(0);
-        let a = t.begin();
+        let a = t.begin(0);
         t.sent(a);
         t.acked(a);
         assert_eq!(t.durable(), 0, "not committed yet: more rows may come");
@@ -205,11 +214,11 @@ mod tests {
     #[test]
     fn empty_transactions_advance_durable_but_not_rows() {
         let mut t = AckTracker::new(10);
-        let a = t.begin();
+        let a = t.begin(0);
         t.commit(a, 20);
         assert_eq!(t.durable(), 20);
         assert_eq!(t.durable_with_rows(), 10);
-        let b = t.begin();
+        let b = t.begin(0);
         t.sent(b);
         t.commit(b, 30);
         t.acked(b);
@@ -219,11 +228,11 @@ mod tests {
     #[test]
     fn unpersisted_counts_until_the_checkpoint_covers_it() {
         let mut t = AckTracker::new(0);
-        let a = t.begin();
+        let a = t.begin(0);
         t.sent(a);
         t.sent(a);
         t.commit(a, 10);
-        let b = t.begin();
+        let b = t.begin(0);
         t.sent(b);
         assert_eq!(t.unpersisted(), 3);
         t.acked(a);
@@ -242,7 +251,7 @@ mod tests {
     fn stray_acks_are_ignored() {
         let mut t = AckTracker::new(0);
         t.acked(99);
-        let a = t.begin();
+        let a = t.begin(0);
         t.commit(a, 1);
         t.acked(a);
         assert_eq!(t.durable(), 1);
@@ -266,7 +275,7 @@ mod tests {
             let mut unacked: Vec<(u64, usize)> = Vec::new();
             let mut sizes = Vec::new();
             for i in 0..n {
-                let s = t.begin();
+                let s = t.begin(0);
                 let k = (rnd() % 4) as usize;
                 for _ in 0..k {
                     t.sent(s);

@@ -14,6 +14,9 @@ use crate::support::broker::Broker;
 use crate::support::kafka::{self, Received};
 use crate::support::postgres::PgCluster;
 
+/// The relay's default dead-letter topic, created in every env.
+pub const DLQ_TOPIC: &str = "outbox.dlq";
+
 /// Path of the relay binary cargo built for this test run.
 pub fn relay_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay"))
@@ -50,7 +53,7 @@ impl Env {
             metrics_port: crate::support::free_port(),
         };
         env.write_config();
-        for t in topics {
+        for t in topics.iter().chain(&[DLQ_TOPIC]) {
             kafka::create_topic(&env.broker.bootstrap(), t, 4).await;
         }
         let out = env.relay_command(&["init"]).output().expect("run init");

@@ -36,6 +36,13 @@ impl PgCheckpointStore {
     }
 }
 
+impl PgCheckpointStore {
+    /// The control-plane connection, shared with failure bookkeeping.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
 impl CheckpointStore for PgCheckpointStore {
     async fn load(&self) -> Result<Option<u64>> {
         let row = self

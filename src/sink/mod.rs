@@ -14,4 +14,4 @@ pub mod producer;
 pub mod route;
 
 pub use message::TxnMeta;
-pub use producer::{Delivery, Publisher, SendError};
+pub use producer::{Delivery, FailedMessage, MsgTag, Publisher, SendError};

@@ -12,6 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
@@ -100,13 +101,52 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-/// One delivery report: which transaction, and whether the broker took it.
+/// What travels with a message through librdkafka and comes back in its
+/// delivery report (boxed as the delivery opaque).
+#[derive(Debug, Clone)]
+pub struct MsgTag {
+    /// Transaction sequence number (see `crate::tracker`).
+    pub txn: u64,
+    /// Outbox row id, for error messages, the DLQ and FAILED marking.
+    pub row_id: i64,
+    /// When the message was handed to the producer.
+    pub sent_at: std::time::Instant,
+    /// Commit time of its transaction, Unix ms (end-to-end latency).
+    pub commit_unix_millis: i64,
+    /// Delivery attempts so far (1 on the first send).
+    pub attempt: u32,
+    /// When the first attempt failed, if one did.
+    pub first_failure: Option<std::time::SystemTime>,
+    /// The first failure's text, kept for the DLQ headers.
+    pub first_error: Option<String>,
+    /// This is the dead-letter copy, not the original.
+    pub is_dlq: bool,
+}
+
+/// A message the broker refused, copied out of librdkafka so it can be
+/// retried or dead-lettered. Only failures are copied.
+#[derive(Debug, Clone)]
+pub struct FailedMessage {
+    /// The error librdkafka reported.
+    pub error: KafkaError,
+    /// Topic it was sent to.
+    pub topic: String,
+    /// Key as sent.
+    pub key: Option<Vec<u8>>,
+    /// Value as sent.
+    pub payload: Option<Vec<u8>>,
+    /// Headers as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// One delivery report.
 #[derive(Debug)]
 pub struct Delivery {
-    /// Transaction sequence number the relay tagged the message with.
-    pub txn: u64,
-    /// `Ok` once the broker acknowledged with acks=all.
-    pub result: std::result::Result<(), KafkaError>,
+    /// The tag the message was sent with.
+    pub tag: Box<MsgTag>,
+    /// `Ok` once the broker acknowledged with acks=all; the topic is kept for
+    /// per-topic counters.
+    pub result: std::result::Result<String, Box<FailedMessage>>,
 }
 
 /// Forwards delivery reports from librdkafka's polling thread to the relay.
@@ -132,19 +172,30 @@ impl ClientContext for ReportingContext {
 }
 
 impl ProducerContext for ReportingContext {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = Box<MsgTag>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, txn: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<MsgTag>) {
+        use rdkafka::message::{Headers, Message};
         let result = match result {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(e.clone()),
+            Ok(m) => Ok(m.topic().to_string()),
+            Err((e, m)) => Err(Box::new(FailedMessage {
+                error: e.clone(),
+                topic: m.topic().to_string(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })),
         };
         // The receiver is gone only when the session is being torn down;
         // its messages will be replayed from the durable checkpoint.
-        let _ = self.tx.send(Delivery {
-            txn: txn as u64,
-            result,
-        });
+        let _ = self.tx.send(Delivery { tag, result });
     }
 }
 
@@ -155,6 +206,20 @@ pub enum SendError {
     QueueFull,
     /// Anything else; classified by [`crate::sink::classify`].
     Kafka(KafkaError),
+}
+
+fn classify_send<K: ?Sized, P: ?Sized>(
+    (e, rec): (KafkaError, BaseRecord<'_, K, P, Box<MsgTag>>),
+) -> (SendError, Box<MsgTag>)
+where
+    K: rdkafka::message::ToBytes,
+    P: rdkafka::message::ToBytes,
+{
+    let err = match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
+        other => SendError::Kafka(other),
+    };
+    (err, rec.delivery_opaque)
 }
 
 /// The relay's producer.
@@ -249,26 +314,51 @@ impl Publisher {
         Ok(())
     }
 
-    /// Enqueue one record, tagged with its transaction's sequence number.
+    /// Enqueue one record.
     pub fn send(
         &self,
         rec: &OutboxRecord,
         meta: &TxnMeta,
         topic: &str,
-        txn: u64,
-    ) -> std::result::Result<(), SendError> {
-        let record = BaseRecord::with_opaque_to(topic, txn as usize)
+        tag: Box<MsgTag>,
+    ) -> std::result::Result<(), (SendError, Box<MsgTag>)> {
+        let record = BaseRecord::with_opaque_to(topic, tag)
             .key(rec.aggregate_id.as_bytes())
             .payload(rec.payload.as_ref())
             .headers(headers(rec, meta))
             .timestamp(meta.commit_unix_millis);
-        match self.producer.send(record) {
-            Ok(()) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err(SendError::QueueFull)
-            }
-            Err((e, _)) => Err(SendError::Kafka(e)),
+        self.producer.send(record).map_err(classify_send)
+    }
+
+    /// Enqueue an already built message: a retry of a refused one, or its
+    /// dead-letter copy.
+    pub fn send_raw(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        hdrs: &[(String, Vec<u8>)],
+        timestamp_ms: i64,
+        tag: Box<MsgTag>,
+    ) -> std::result::Result<(), (SendError, Box<MsgTag>)> {
+        let mut h = OwnedHeaders::new_with_capacity(hdrs.len());
+        for (k, v) in hdrs {
+            h = h.insert(Header {
+                key: k.as_str(),
+                value: Some(v.as_slice()),
+            });
         }
+        let mut record: BaseRecord<'_, [u8], [u8], Box<MsgTag>> =
+            BaseRecord::with_opaque_to(topic, tag)
+                .headers(h)
+                .timestamp(timestamp_ms);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        self.producer.send(record).map_err(classify_send)
     }
 
     /// Messages enqueued or in flight inside librdkafka.
