@@ -1,1 +1,1236 @@
-fn main() {}
+//! End-to-end benchmark on a real PostgreSQL 15 and a Kafka-protocol broker
+//! (tansu, plus librdkafka's mock cluster), with the real relay binary.
+//!
+//! ```text
+//! cargo bench --bench e2e -- [--events N] [--rate R] [--seconds S] [--quick]
+//! scripts/bench.sh [same flags]        # release build + this
+//! ```
+//!
+//! Parts, all in one run (`--only catchup,memory,steady,mock,polling` to pick):
+//!
+//! 1. **catch-up** — N outbox rows (default 1,000,000, `--txn-rows` per
+//!    transaction) are committed while the relay is stopped, after two
+//!    pgoutput slots were created. Timed: `pg_recvlogical` draining the
+//!    second slot to a file (`--endpos` = WAL position after the preload),
+//!    the relay from process start until its checkpoint table covers the
+//!    last preloaded commit, and a bare rdkafka producer (the relay's
+//!    producer settings) sending the same N messages (size, keys, 7 headers).
+//! 2. **memory** — peak RSS of the relay (VmHWM / sampled VmRSS) during
+//!    catch-up and while relaying one transaction of `--big-rows` ×
+//!    `--big-row-bytes` (default 200,000 × 1 KiB ≈ 200 MB).
+//! 3. **steady** — single-row transactions at `--rate` for `--seconds`
+//!    through the relay to tansu; commit → consumer-receive latency (commit
+//!    as the client saw it, and the `commit_timestamp` header), the relay's
+//!    own `outbox_relay_end_to_end_latency_seconds` from `/metrics` when
+//!    exported, and the broker floor: a bare producer at the same rate,
+//!    produce → ack and produce → receive.
+//! 4. **mock** — the same against `rdkafka::mocking::MockCluster` (kept alive
+//!    in this process; the relay connects to its loopback listener).
+//! 5. **polling** — the same load through the polling relay of
+//!    `e2e_parts/polling.rs` at its default interval and at 100 ms.
+//! 6. **database cost** — statements per relayed event from
+//!    `pg_stat_statements` (preloaded via `ALTER SYSTEM` + restart), by role:
+//!    the relay runs as `postgres`, the poller as `poller`, everything the
+//!    benchmark itself does as `bench`.
+//!
+//! Prints a markdown table and writes JSON to `$CARGO_TARGET_DIR/bench/e2e.json`
+//! (default `target/bench/e2e.json`). Without `--bench` in its arguments (as
+//! under `cargo test --all-targets`) it prints one line and exits.
+
+#[path = "e2e_parts/harness.rs"]
+mod harness;
+#[path = "e2e_parts/load.rs"]
+mod load;
+#[path = "e2e_parts/polling.rs"]
+mod polling;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use outbox_relay::sink::message::format_lsn;
+use rdkafka::mocking::MockCluster;
+use serde_json::{json, Map, Value};
+use tokio_postgres::Client;
+
+use harness::{ProcSample, Relay, Statements};
+use load::{Clock, Dist};
+use support::broker::Broker;
+use support::postgres::PgCluster;
+
+const USAGE: &str =
+    "usage: cargo bench --bench e2e -- [--events N] [--rate R] [--seconds S] [--quick]
+  [--txn-rows N] [--payload-bytes N] [--big-rows N] [--big-row-bytes N] [--partitions N]
+  [--poll-interval-ms N] [--fast-poll-interval-ms N] [--poll-batch N] [--load-conns N]
+  [--fetch-wait-ms N] [--only catchup,memory,steady,mock,polling] [--relay-toml TOML]";
+
+#[derive(Debug, Clone)]
+struct Opts {
+    events: u64,
+    rate: f64,
+    seconds: f64,
+    txn_rows: u64,
+    payload_bytes: usize,
+    big_rows: u64,
+    big_row_bytes: usize,
+    partitions: i32,
+    poll_interval_ms: u64,
+    fast_poll_interval_ms: u64,
+    poll_batch: i64,
+    load_conns: usize,
+    fetch_wait_ms: u32,
+    only: Vec<String>,
+    relay_toml: String,
+    args: Vec<String>,
+}
+
+impl Opts {
+    fn parse(args: Vec<String>) -> Result<Opts> {
+        let quick = args.iter().any(|a| a == "--quick");
+        let mut o = Opts {
+            events: if quick { 20_000 } else { 1_000_000 },
+            rate: 2000.0,
+            seconds: if quick { 5.0 } else { 60.0 },
+            txn_rows: 10,
+            payload_bytes: 256,
+            big_rows: if quick { 20_000 } else { 200_000 },
+            big_row_bytes: 1024,
+            partitions: 4,
+            poll_interval_ms: 5000,
+            fast_poll_interval_ms: 100,
+            poll_batch: 100,
+            load_conns: 4,
+            fetch_wait_ms: 10,
+            only: ["catchup", "memory", "steady", "mock", "polling"]
+                .map(String::from)
+                .to_vec(),
+            relay_toml: String::new(),
+            args: args.iter().filter(|a| *a != "--bench").cloned().collect(),
+        };
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+                _ => (a.clone(), None),
+            };
+            if flag == "--bench" || flag == "--quick" {
+                continue;
+            }
+            let mut val = || -> Result<String> {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+            };
+            macro_rules! num {
+                () => {
+                    val()?
+                        .replace('_', "")
+                        .parse()
+                        .with_context(|| format!("{flag}: not a number"))?
+                };
+            }
+            match flag.as_str() {
+                "--events" => o.events = num!(),
+                "--rate" => o.rate = num!(),
+                "--seconds" => o.seconds = num!(),
+                "--txn-rows" => o.txn_rows = num!(),
+                "--payload-bytes" => o.payload_bytes = num!(),
+                "--big-rows" => o.big_rows = num!(),
+                "--big-row-bytes" => o.big_row_bytes = num!(),
+                "--partitions" => o.partitions = num!(),
+                "--poll-interval-ms" => o.poll_interval_ms = num!(),
+                "--fast-poll-interval-ms" => o.fast_poll_interval_ms = num!(),
+                "--poll-batch" => o.poll_batch = num!(),
+                "--load-conns" => o.load_conns = num!(),
+                "--fetch-wait-ms" => o.fetch_wait_ms = num!(),
+                "--only" => o.only = val()?.split(',').map(|s| s.trim().to_string()).collect(),
+                "--relay-toml" => o.relay_toml = val()?.replace("\\n", "\n"),
+                "--help" | "-h" => bail!("{USAGE}"),
+                _ => bail!("unknown argument {a:?}\n{USAGE}"),
+            }
+        }
+        if o.events == 0 || o.rate <= 0.0 || o.seconds <= 0.0 || o.txn_rows == 0 {
+            bail!("--events, --rate, --seconds and --txn-rows must be > 0");
+        }
+        if o.payload_bytes < 32 || o.big_row_bytes < 32 {
+            bail!("--payload-bytes and --big-row-bytes must be >= 32");
+        }
+        Ok(o)
+    }
+
+    fn wants(&self, part: &str) -> bool {
+        self.only.iter().any(|p| p == part)
+    }
+
+    /// `pad` so that the jsonb payload text is about `bytes` long.
+    fn pad(bytes: usize) -> usize {
+        bytes.saturating_sub(24)
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("e2e benchmark: skipped (run with cargo bench --bench e2e)");
+        return;
+    }
+    let opts = match Opts::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("e2e: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(opts)) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("e2e benchmark failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Table rows and JSON, filled by the parts.
+struct Report {
+    rows: Vec<[String; 3]>,
+    json: Map<String, Value>,
+    targets: Vec<[String; 4]>,
+}
+
+impl Report {
+    fn row(&mut self, part: &str, metric: &str, value: impl Into<String>) {
+        self.rows
+            .push([part.to_string(), metric.to_string(), value.into()]);
+        println!(
+            "[e2e] {part}: {metric}: {}",
+            self.rows.last().expect("row")[2]
+        );
+    }
+
+    fn target(&mut self, what: &str, goal: &str, measured: String, ok: Option<bool>) {
+        let verdict = match ok {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "n/a",
+        };
+        self.targets
+            .push([what.into(), goal.into(), measured, verdict.into()]);
+    }
+}
+
+/// Everything a part needs.
+struct Env {
+    opts: Opts,
+    pg: PgCluster,
+    broker: Broker,
+    dir: tempfile::TempDir,
+    /// The benchmark's own connection (role `bench`, database `app`).
+    ctl: Client,
+    bench_url: String,
+    poller_url: String,
+    relay_url: String,
+    clock: Clock,
+    relays_started: std::cell::Cell<usize>,
+}
+
+impl Env {
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("relay.toml")
+    }
+
+    /// Write the config for `brokers` and start a relay process.
+    fn start_relay(&self, brokers: &str) -> Result<Relay> {
+        let port = support::free_port();
+        harness::write_config(
+            &self.config_path(),
+            &self.relay_url,
+            brokers,
+            port,
+            &self.opts.relay_toml,
+        )?;
+        self.relays_started.set(self.relays_started.get() + 1);
+        let log = self
+            .dir
+            .path()
+            .join(format!("relay-{}.log", self.relays_started.get()));
+        Relay::spawn(&self.config_path(), log, port)
+    }
+}
+
+/// Samples a process's RSS and CPU every 20 ms until stopped.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    join: std::thread::JoinHandle<ProcSample>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let join = std::thread::spawn(move || {
+            let mut sample = ProcSample::default();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                sample.sample(pid);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sample.sample(pid);
+            sample
+        });
+        Sampler { stop, join }
+    }
+
+    fn finish(self) -> ProcSample {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.join.join().unwrap_or_default()
+    }
+}
+
+async fn run(opts: Opts) -> Result<()> {
+    let started = Instant::now();
+    let clock = Clock::new();
+    let mut rep = Report {
+        rows: Vec::new(),
+        json: Map::new(),
+        targets: Vec::new(),
+    };
+    let command = format!("cargo bench --bench e2e -- {}", opts.args.join(" "));
+    rep.json.insert("command".into(), json!(command.trim()));
+    rep.json.insert("machine".into(), harness::machine());
+    rep.json.insert(
+        "options".into(),
+        json!({"events": opts.events, "rate": opts.rate, "seconds": opts.seconds,
+               "txn_rows": opts.txn_rows, "payload_bytes": opts.payload_bytes,
+               "big_rows": opts.big_rows, "big_row_bytes": opts.big_row_bytes,
+               "partitions": opts.partitions, "poll_interval_ms": opts.poll_interval_ms,
+               "fast_poll_interval_ms": opts.fast_poll_interval_ms, "poll_batch": opts.poll_batch,
+               "load_conns": opts.load_conns, "fetch_wait_ms": opts.fetch_wait_ms,
+               "relay_toml": opts.relay_toml, "relay_bin": harness::relay_bin()}),
+    );
+
+    let mut env = setup(opts.clone(), clock).await?;
+    let pg_version: String = env.ctl.query_one("SHOW server_version", &[]).await?.get(0);
+    if let Some(m) = rep.json.get_mut("machine").and_then(Value::as_object_mut) {
+        m.insert("postgresql".into(), json!(pg_version));
+        m.insert("broker".into(), json!("tansu 0.6.0 (memory storage)"));
+    }
+
+    let mut relay_steady_mean = None;
+    let mut failures = Vec::new();
+    macro_rules! part {
+        ($name:literal, $e:expr) => {
+            if env.opts.wants($name) {
+                let t = Instant::now();
+                eprintln!("[e2e] --- {} ---", $name);
+                if let Err(e) = $e {
+                    eprintln!("[e2e] part {} failed: {e:#}", $name);
+                    failures.push(format!("{}: {e:#}", $name));
+                    rep.json
+                        .insert(format!("{}_error", $name), json!(format!("{e:#}")));
+                }
+                eprintln!("[e2e] {} took {:.1} s", $name, t.elapsed().as_secs_f64());
+            }
+        };
+    }
+    part!("catchup", catchup(&mut env, &mut rep).await);
+    part!("memory", memory(&mut env, &mut rep).await);
+    part!("steady", {
+        steady_tansu(&mut env, &mut rep)
+            .await
+            .map(|m| relay_steady_mean = m)
+    });
+    part!("mock", mock(&mut env, &mut rep).await);
+    part!(
+        "polling",
+        polling(&mut env, &mut rep, relay_steady_mean).await
+    );
+
+    rep.json
+        .insert("elapsed_s".into(), json!(started.elapsed().as_secs_f64()));
+    print_report(&rep, &command);
+    let path = json_path();
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut out = Value::Object(rep.json.clone());
+    out["table"] = json!(rep.rows);
+    out["targets"] = json!(rep
+        .targets
+        .iter()
+        .map(|t| json!({"target": t[0], "goal": t[1], "measured": t[2], "verdict": t[3]}))
+        .collect::<Vec<_>>());
+    std::fs::write(&path, serde_json::to_string_pretty(&out)?)?;
+    println!("\nJSON: {}", path.display());
+    if !failures.is_empty() {
+        bail!("{} part(s) failed: {}", failures.len(), failures.join("; "));
+    }
+    drop(env);
+    Ok(())
+}
+
+/// `$CARGO_TARGET_DIR/bench/e2e.json`, else the target dir this bench
+/// binary lives in (`…/target/release/deps/e2e-…`).
+fn json_path() -> PathBuf {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(t).join("bench/e2e.json");
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.ancestors().nth(3).map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("bench/e2e.json")
+}
+
+async fn setup(opts: Opts, clock: Clock) -> Result<Env> {
+    let (mut pg, broker) = tokio::join!(PgCluster::start(), Broker::start());
+    {
+        let c = pg.client().await;
+        c.batch_execute(
+            "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements';
+             ALTER SYSTEM SET pg_stat_statements.track_utility = on;
+             ALTER SYSTEM SET max_wal_size = '4GB'",
+        )
+        .await?;
+    }
+    pg.restart("fast").await;
+    pg.create_database("app").await;
+    pg.create_role("bench", "bench", "SUPERUSER").await;
+    pg.create_role("poller", "poller", "SUPERUSER").await;
+    let bench_url = pg.url_for("app", "bench", "bench");
+    let poller_url = pg.url_for("app", "poller", "poller");
+    let relay_url = pg.url_db("app");
+    let ctl = support::postgres::connect(&bench_url).await?;
+    if let Err(e) = ctl
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+    {
+        eprintln!("[e2e] pg_stat_statements unavailable ({e}); statement counts will be missing");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("outbox-bench-")
+        .tempdir_in("/tmp")?;
+    let env = Env {
+        opts,
+        pg,
+        broker,
+        dir,
+        ctl,
+        bench_url,
+        poller_url,
+        relay_url,
+        clock,
+        relays_started: std::cell::Cell::new(0),
+    };
+    harness::write_config(
+        &env.config_path(),
+        &env.relay_url,
+        &env.broker.bootstrap(),
+        support::free_port(),
+        &env.opts.relay_toml,
+    )?;
+    harness::relay_init(&env.config_path())?;
+    env.ctl
+        .batch_execute(
+            "CREATE TABLE public.outbox_poll (LIKE public.outbox INCLUDING ALL);
+             CREATE INDEX ON public.outbox_poll (status, created_at, id)",
+        )
+        .await?;
+    let b = env.broker.bootstrap();
+    let p = env.opts.partitions;
+    let mut topics = vec![
+        "outbox.catchup".to_string(),
+        "outbox.big".into(),
+        "outbox.steady".into(),
+        "bare.catchup".into(),
+        "bare.steady".into(),
+    ];
+    for ms in [env.opts.poll_interval_ms, env.opts.fast_poll_interval_ms] {
+        topics.push(format!("poll.{ms}ms"));
+    }
+    topics.dedup();
+    for t in &topics {
+        support::kafka::create_topic(&b, t, p).await;
+    }
+    eprintln!(
+        "[e2e] PostgreSQL {} · tansu {} · work dir {}",
+        env.pg.port(),
+        b,
+        env.dir.path().display()
+    );
+    Ok(env)
+}
+
+// ------------------------------------------------------------------ catch-up
+
+fn preload_sql(n: u64, txn_rows: u64, pad: usize) -> String {
+    format!(
+        "DO $$ DECLARE i bigint := 0; BEGIN WHILE i < {n} LOOP \
+         INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, event_data, headers) \
+         SELECT 'catchup', 'agg-' || (g % 1000), 'BenchEvent', \
+         jsonb_build_object('n', g, 'pad', repeat('x', {pad})), '{h}'::jsonb \
+         FROM generate_series(i + 1, LEAST(i + {txn_rows}, {n})) g; \
+         i := i + {txn_rows}; COMMIT; END LOOP; END $$",
+        h = load::ROW_HEADERS
+    )
+}
+
+/// Counts in a `pg_recvlogical` pgoutput file: (inserts, commits, end LSN
+/// of the last commit). Messages are written back to back, each followed
+/// by a newline.
+fn scan_pgoutput(buf: &[u8]) -> Option<(u64, u64, u64)> {
+    let (mut inserts, mut commits, mut last_end) = (0, 0, 0);
+    let mut pos = 0usize;
+    let u16_at = |p: usize| Some(u16::from_be_bytes(buf.get(p..p + 2)?.try_into().ok()?) as usize);
+    let u32_at = |p: usize| Some(u32::from_be_bytes(buf.get(p..p + 4)?.try_into().ok()?) as usize);
+    let cstr_end = |p: usize| Some(p + buf.get(p..)?.iter().position(|&b| b == 0)? + 1);
+    while pos < buf.len() {
+        let tag = *buf.get(pos)?;
+        let mut p = pos + 1;
+        match tag {
+            b'B' => p += 20,
+            b'C' => {
+                last_end = u64::from_be_bytes(buf.get(p + 9..p + 17)?.try_into().ok()?);
+                commits += 1;
+                p += 25;
+            }
+            b'R' => {
+                p = cstr_end(cstr_end(p + 4)?)? + 1;
+                let n = u16_at(p)?;
+                p += 2;
+                for _ in 0..n {
+                    p = cstr_end(p + 1)? + 8;
+                }
+            }
+            b'Y' => p = cstr_end(cstr_end(p + 4)?)?,
+            b'O' => p = cstr_end(p + 8)?,
+            b'I' => {
+                p += 5;
+                let n = u16_at(p)?;
+                p += 2;
+                for _ in 0..n {
+                    let kind = *buf.get(p)?;
+                    p += 1;
+                    if kind == b't' || kind == b'b' {
+                        p += 4 + u32_at(p)?;
+                    }
+                }
+                inserts += 1;
+            }
+            _ => return None,
+        }
+        if buf.get(p) != Some(&b'\n') {
+            return None;
+        }
+        pos = p + 1;
+    }
+    Some((inserts, commits, last_end))
+}
+
+fn recvlogical_bin() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/pg_recvlogical");
+    if p.exists() {
+        return p;
+    }
+    PathBuf::from("/usr/lib/postgresql/15/bin/pg_recvlogical")
+}
+
+fn children_cpu() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+async fn catchup(env: &mut Env, rep: &mut Report) -> Result<()> {
+    let n = env.opts.events;
+    let pad = Opts::pad(env.opts.payload_bytes);
+    let c = &env.ctl;
+    c.batch_execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
+        .await?;
+    let before = harness::insert_lsn(c).await?;
+    let t = Instant::now();
+    c.batch_execute(&preload_sql(n, env.opts.txn_rows, pad))
+        .await
+        .context("preload")?;
+    let preload_s = t.elapsed().as_secs_f64();
+    let end_pos = harness::insert_lsn(c).await?;
+    let txns = n.div_ceil(env.opts.txn_rows);
+    rep.row(
+        "catch-up",
+        "backlog",
+        format!(
+            "{n} rows in {txns} transactions ({} rows/txn, payload {} B), {:.0} MB WAL, preloaded in {preload_s:.1} s",
+            env.opts.txn_rows,
+            env.opts.payload_bytes,
+            (end_pos - before) as f64 / 1e6
+        ),
+    );
+
+    // pg_recvlogical drains the second slot.
+    let file = env.dir.path().join("recvlogical.bin");
+    let cpu0 = children_cpu();
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(recvlogical_bin())
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env.pg.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-d",
+            "app",
+            "--slot",
+            "bench_recv",
+            "--start",
+            "--no-loop",
+            "-F",
+            "0",
+        ])
+        .arg("--endpos")
+        .arg(format_lsn(end_pos))
+        .arg("-f")
+        .arg(&file)
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=outbox_relay_pub",
+        ])
+        .args(["--plugin", "pgoutput"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("spawn pg_recvlogical")?;
+    let mut ws = ProcSample::default();
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if let Some(pid) = harness::walsender_pid(c, "bench_recv").await? {
+            ws.sample(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let recv_s = t.elapsed().as_secs_f64();
+    let recv_cpu = children_cpu() - cpu0;
+    if !status.success() {
+        bail!("pg_recvlogical exited with {status}");
+    }
+    let bytes = std::fs::read(&file)?;
+    let scan = scan_pgoutput(&bytes);
+    let _ = std::fs::remove_file(&file);
+    c.batch_execute("SELECT pg_drop_replication_slot('bench_recv')")
+        .await?;
+    let recv_rate = n as f64 / recv_s;
+    let (recv_inserts, last_end) = match scan {
+        Some((ins, _, end)) => (Some(ins), Some(end)),
+        None => (None, None),
+    };
+    if recv_inserts.is_some_and(|i| i != n) {
+        eprintln!("[e2e] pg_recvlogical wrote {recv_inserts:?} inserts, expected {n}");
+    }
+    rep.row(
+        "catch-up",
+        "pg_recvlogical (pgoutput → file)",
+        format!(
+            "{recv_rate:.0} events/s ({recv_s:.2} s, {:.0} MB out, inserts seen {}; CPU: pg_recvlogical {recv_cpu:.1} s, walsender {:.1} s)",
+            bytes.len() as f64 / 1e6,
+            recv_inserts.map_or("?".into(), |i| i.to_string()),
+            ws.cpu().unwrap_or(0.0)
+        ),
+    );
+
+    // The relay drains its slot.
+    let target = last_end.unwrap_or(end_pos.saturating_sub(64));
+    Statements::reset(c).await;
+    let t = Instant::now();
+    let mut relay = env.start_relay(&env.broker.bootstrap())?;
+    let sampler = Sampler::start(relay.pid());
+    let mut ws = ProcSample::default();
+    let deadline = Instant::now() + Duration::from_secs(120 + n / 2000);
+    loop {
+        relay.check_alive()?;
+        if harness::checkpoint_lsn(c).await? >= target {
+            break;
+        }
+        if let Some(pid) = harness::walsender_pid(c, "outbox_relay").await? {
+            ws.sample(pid);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "relay did not checkpoint {} within the deadline; log {}",
+                format_lsn(target),
+                relay.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let relay_s = t.elapsed().as_secs_f64();
+    let sample = sampler.finish();
+    let stmts = Statements::of_role(c, "postgres").await;
+    relay.stop(Duration::from_secs(30));
+    let relay_rate = n as f64 / relay_s;
+    rep.row(
+        "catch-up",
+        "relay (start → all acked + checkpointed)",
+        format!(
+            "{relay_rate:.0} events/s ({relay_s:.2} s; CPU: relay {:.1} s, walsender {:.1} s)",
+            sample.cpu().unwrap_or(0.0),
+            ws.cpu().unwrap_or(0.0)
+        ),
+    );
+
+    // The bare producer sends the same messages.
+    let bootstrap = env.broker.bootstrap();
+    let bare_s =
+        tokio::task::spawn_blocking(move || load::bare_burst(&bootstrap, "bare.catchup", n, pad))
+            .await??;
+    let bare_rate = n as f64 / bare_s;
+    rep.row(
+        "catch-up",
+        "bare rdkafka producer (same messages)",
+        format!("{bare_rate:.0} events/s ({bare_s:.2} s)"),
+    );
+    let r_recv = relay_rate / recv_rate;
+    let r_bare = relay_rate / bare_rate;
+    rep.row(
+        "catch-up",
+        "ratio relay / pg_recvlogical",
+        format!("{r_recv:.2}"),
+    );
+    rep.row(
+        "catch-up",
+        "ratio relay / bare producer",
+        format!("{r_bare:.2}"),
+    );
+    rep.row(
+        "memory",
+        "relay peak RSS during catch-up",
+        format!("{:.1} MiB", sample.peak_mib()),
+    );
+    rep.row(
+        "db cost",
+        "relay statements during catch-up",
+        stmt_cell(&stmts, n),
+    );
+    rep.target(
+        "catch-up rate",
+        "≥ 0.6 × pg_recvlogical",
+        format!("{r_recv:.2} ×"),
+        Some(r_recv >= 0.6),
+    );
+    rep.target(
+        "peak RSS, catch-up",
+        "≤ 64 MB",
+        format!("{:.1} MiB", sample.peak_mib()),
+        Some(sample.peak_mib() <= 64.0),
+    );
+    rep.json.insert(
+        "catchup".into(),
+        json!({
+            "events": n, "transactions": txns, "wal_bytes": end_pos - before, "preload_s": preload_s,
+            "pg_recvlogical": {"seconds": recv_s, "events_per_s": recv_rate, "bytes": bytes.len(),
+                "inserts_seen": recv_inserts, "cpu_s": recv_cpu, "walsender_cpu_s": ws.cpu()},
+            "relay": {"seconds": relay_s, "events_per_s": relay_rate, "cpu_s": sample.cpu(),
+                "walsender_cpu_s": ws.cpu(), "peak_rss_mib": sample.peak_mib(),
+                "statements": stmts.json(n, relay_s)},
+            "bare_producer": {"seconds": bare_s, "events_per_s": bare_rate},
+            "ratio_relay_over_pg_recvlogical": r_recv,
+            "ratio_relay_over_bare_producer": r_bare,
+        }),
+    );
+    Ok(())
+}
+
+fn stmt_cell(s: &Statements, events: u64) -> String {
+    if !s.available {
+        return "n/a (pg_stat_statements missing)".into();
+    }
+    let ck = s.checkpoint_writes();
+    format!(
+        "{} total = {:.4}/event ({} checkpoint writes; other {:.4}/event)",
+        s.total,
+        s.total as f64 / events.max(1) as f64,
+        ck,
+        (s.total - ck) as f64 / events.max(1) as f64
+    )
+}
+
+// -------------------------------------------------------------------- memory
+
+async fn memory(env: &mut Env, rep: &mut Report) -> Result<()> {
+    let rows = env.opts.big_rows;
+    let pad = Opts::pad(env.opts.big_row_bytes);
+    let mut relay = env.start_relay(&env.broker.bootstrap())?;
+    let sampler = Sampler::start(relay.pid());
+    harness::wait_streaming(&env.ctl, &mut relay).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = harness::rss_kib(relay.pid()).map_or(0.0, |x| x.0 as f64 / 1024.0);
+    let before = harness::insert_lsn(&env.ctl).await?;
+    let t = Instant::now();
+    env.ctl
+        .batch_execute(&format!(
+            "INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, event_data, headers) \
+             SELECT 'big', 'agg-' || (g % 1000), 'BenchEvent', \
+             jsonb_build_object('n', g, 'pad', repeat('x', {pad})), '{}'::jsonb \
+             FROM generate_series(1, {rows}) g",
+            load::ROW_HEADERS
+        ))
+        .await
+        .context("big transaction")?;
+    let insert_s = t.elapsed().as_secs_f64();
+    let end = harness::insert_lsn(&env.ctl).await?;
+    let t = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while harness::checkpoint_lsn(&env.ctl).await? < end.saturating_sub(64) {
+        relay.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("relay did not checkpoint the big transaction within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let relay_s = t.elapsed().as_secs_f64();
+    let sample = sampler.finish();
+    relay.stop(Duration::from_secs(30));
+    let mb = (end - before) as f64 / 1e6;
+    rep.row(
+        "memory",
+        "relay RSS idle (streaming, caught up)",
+        format!("{idle:.1} MiB"),
+    );
+    rep.row(
+        "memory",
+        "relay peak RSS, one big transaction",
+        format!(
+            "{:.1} MiB ({rows} rows × {} B = {:.0} MB of WAL; relayed {relay_s:.1} s after commit, insert took {insert_s:.1} s)",
+            sample.peak_mib(),
+            env.opts.big_row_bytes,
+            mb
+        ),
+    );
+    rep.target(
+        "peak RSS, big transaction",
+        "≤ 128 MB",
+        format!("{:.1} MiB for {mb:.0} MB", sample.peak_mib()),
+        Some(sample.peak_mib() <= 128.0),
+    );
+    rep.json.insert(
+        "memory".into(),
+        json!({"idle_rss_mib": idle, "big_txn": {"rows": rows, "row_bytes": env.opts.big_row_bytes,
+            "wal_mb": mb, "insert_s": insert_s, "relay_s_after_commit": relay_s,
+            "peak_rss_mib": sample.peak_mib(), "relay_cpu_s": sample.cpu()}}),
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------ steady / mock
+
+/// What a steady-state run through the relay measured.
+struct SteadyOut {
+    client: Option<Dist>,
+    header: Option<Dist>,
+    metrics_e2e: Option<Value>,
+    json: Value,
+}
+
+async fn relay_steady(env: &mut Env, brokers: &str, agg: &str) -> Result<SteadyOut> {
+    let o = env.opts.clone();
+    let topic = format!("outbox.{agg}");
+    let mut relay = env.start_relay(brokers)?;
+    let sampler = Sampler::start(relay.pid());
+    harness::wait_streaming(&env.ctl, &mut relay).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let consumer = load::spawn_consumer(brokers, &topic, o.fetch_wait_ms, env.clock).await?;
+    Statements::reset(&env.ctl).await;
+    let load = load::run_load(
+        &env.bench_url,
+        "public.outbox",
+        agg,
+        o.rate,
+        o.seconds,
+        Opts::pad(o.payload_bytes),
+        o.load_conns,
+        env.clock,
+    )
+    .await?;
+    let n = load.commits.len();
+    let all = consumer.wait_for(n, Duration::from_secs(60)).await;
+    let stmts = Statements::of_role(&env.ctl, "postgres").await;
+    relay.check_alive()?;
+    let scrape = harness::scrape(relay.metrics_port);
+    let metrics_e2e = scrape
+        .as_deref()
+        .and_then(|t| harness::metric_quantiles(t, "outbox_relay_end_to_end_latency_seconds"));
+    let metrics_produce = scrape
+        .as_deref()
+        .and_then(|t| harness::metric_quantiles(t, "outbox_relay_produce_latency_seconds"));
+    let recvs = consumer.finish();
+    let sample = sampler.finish();
+    relay.stop(Duration::from_secs(30));
+    let (client, header, missing) = load::commit_to_receive(&load.commits, &recvs);
+    if !all || missing > 0 {
+        eprintln!("[e2e] {agg}: {missing} of {n} events not received within 60 s");
+    }
+    let json = json!({
+        "events": n, "achieved_rate": load.rate(), "generator_max_behind_ms": load.max_behind_ms,
+        "missing": missing,
+        "commit_to_receive": load::opt_json(&client),
+        "commit_timestamp_header_to_receive": load::opt_json(&header),
+        "relay_metrics_end_to_end": metrics_e2e.clone().unwrap_or(Value::Null),
+        "relay_metrics_produce": metrics_produce.unwrap_or(Value::Null),
+        "metrics_endpoint": if scrape.is_some() { "up" } else { "absent" },
+        "relay_peak_rss_mib": sample.peak_mib(),
+        "relay_cpu_s": sample.cpu(),
+        "statements": stmts.json(n as u64, load.elapsed_s),
+    });
+    println!(
+        "[e2e] {agg}: load {:.0}/s (max behind schedule {:.1} ms), relay CPU {:.1} s, statements: {}",
+        load.rate(),
+        load.max_behind_ms,
+        sample.cpu().unwrap_or(0.0),
+        stmt_cell(&stmts, n as u64)
+    );
+    Ok(SteadyOut {
+        client,
+        header,
+        metrics_e2e,
+        json,
+    })
+}
+
+/// The broker floor: a bare producer at the same rate.
+async fn floor(
+    env: &Env,
+    brokers: &str,
+    topic: &str,
+    seconds: f64,
+) -> Result<(Option<Dist>, Option<Dist>, Value)> {
+    let o = &env.opts;
+    let consumer = load::spawn_consumer(brokers, topic, o.fetch_wait_ms, env.clock).await?;
+    let (b, t, rate, pad, clock) = (
+        brokers.to_string(),
+        topic.to_string(),
+        o.rate,
+        Opts::pad(o.payload_bytes),
+        env.clock,
+    );
+    let (acks, sent) =
+        tokio::task::spawn_blocking(move || load::bare_rate(&b, &t, rate, seconds, pad, clock))
+            .await??;
+    consumer.wait_for(sent.len(), Duration::from_secs(60)).await;
+    let recvs = consumer.finish();
+    let (recv, _, missing) = load::commit_to_receive(&sent, &recvs);
+    let ack = Dist::of_us(acks);
+    let json = json!({"events": sent.len(), "produce_to_ack": load::opt_json(&ack),
+        "produce_to_receive": load::opt_json(&recv), "missing": missing});
+    Ok((ack, recv, json))
+}
+
+fn added(relay: &Option<Dist>, floor: &Option<Dist>) -> Option<(f64, f64, f64)> {
+    let (r, f) = (relay.as_ref()?, floor.as_ref()?);
+    Some((r.p50 - f.p50, r.p99 - f.p99, r.mean - f.mean))
+}
+
+fn metric_ms(v: &Option<Value>, key: &str) -> Option<f64> {
+    v.as_ref()?.get(key)?.as_f64()
+}
+
+fn metric_cell(v: &Option<Value>) -> String {
+    match v {
+        None => "not exported".into(),
+        Some(m) => {
+            let f = |k: &str| metric_ms(v, k).map_or("?".into(), load::ms);
+            format!(
+                "{} / {} / {} (mean {}; {} samples, {})",
+                f("p50_ms"),
+                f("p95_ms"),
+                f("p99_ms"),
+                f("mean_ms"),
+                m.get("count").and_then(Value::as_f64).unwrap_or(0.0),
+                m.get("kind").and_then(Value::as_str).unwrap_or("?")
+            )
+        }
+    }
+}
+
+/// Returns the relay's mean commit→receive latency (ms) for the polling ratio.
+async fn steady_tansu(env: &mut Env, rep: &mut Report) -> Result<Option<f64>> {
+    let brokers = env.broker.bootstrap();
+    let s = relay_steady(env, &brokers, "steady").await?;
+    let (f_ack, f_recv, f_json) = floor(env, &brokers, "bare.steady", env.opts.seconds).await?;
+    let part = "steady (tansu)";
+    rep.row(
+        part,
+        "load",
+        format!(
+            "{} single-row txns/s for {} s",
+            env.opts.rate, env.opts.seconds
+        ),
+    );
+    rep.row(
+        part,
+        "relay commit→receive p50/p95/p99/max",
+        load::opt_cell(&s.client),
+    );
+    rep.row(
+        part,
+        "relay commit_timestamp→receive",
+        load::opt_cell(&s.header),
+    );
+    rep.row(
+        part,
+        "relay /metrics commit→ack",
+        metric_cell(&s.metrics_e2e),
+    );
+    rep.row(part, "bare producer produce→ack", load::opt_cell(&f_ack));
+    rep.row(
+        part,
+        "bare producer produce→receive",
+        load::opt_cell(&f_recv),
+    );
+    let add_recv = added(&s.client, &f_recv);
+    if let Some((a50, a99, amean)) = add_recv {
+        rep.row(
+            part,
+            "added (relay commit→receive − bare produce→receive)",
+            format!(
+                "p50 {} · p99 {} · mean {}",
+                load::ms(a50),
+                load::ms(a99),
+                load::ms(amean)
+            ),
+        );
+    }
+    let add_ack = match (
+        metric_ms(&s.metrics_e2e, "p50_ms"),
+        metric_ms(&s.metrics_e2e, "p99_ms"),
+        &f_ack,
+    ) {
+        (Some(p50), Some(p99), Some(f)) => Some((p50 - f.p50, p99 - f.p99)),
+        _ => None,
+    };
+    if let Some((a50, a99)) = add_ack {
+        rep.row(
+            part,
+            "added (relay /metrics commit→ack − bare produce→ack)",
+            format!("p50 {} · p99 {}", load::ms(a50), load::ms(a99)),
+        );
+    }
+    let (m50, m99, how) = match (add_ack, add_recv) {
+        (Some((a, b)), _) => (Some(a), Some(b), "from /metrics vs bare acks"),
+        (None, Some((a, b, _))) => (Some(a), Some(b), "consumer side"),
+        _ => (None, None, ""),
+    };
+    rep.target(
+        "added latency p50 (tansu, 2,000/s)",
+        "≤ 2 ms",
+        m50.map_or("n/a".into(), |v| format!("{} ({how})", load::ms(v))),
+        m50.map(|v| v <= 2.0),
+    );
+    rep.target(
+        "added latency p99 (tansu, 2,000/s)",
+        "≤ 10 ms",
+        m99.map_or("n/a".into(), |v| format!("{} ({how})", load::ms(v))),
+        m99.map(|v| v <= 10.0),
+    );
+    let mut j = s.json;
+    j["floor"] = f_json;
+    j["added_consumer_side"] = add_recv.map_or(
+        Value::Null,
+        |(a, b, c)| json!({"p50_ms": a, "p99_ms": b, "mean_ms": c}),
+    );
+    j["added_ack_side"] = add_ack.map_or(Value::Null, |(a, b)| json!({"p50_ms": a, "p99_ms": b}));
+    rep.json.insert("steady_tansu".into(), j.clone());
+    rep.row(
+        "db cost",
+        "relay statements, steady state",
+        j["statements"]["per_event"]
+            .as_f64()
+            .map_or("n/a".into(), |v| {
+                format!(
+                    "{v:.4}/event ({} checkpoint writes, other {:.4}/event)",
+                    j["statements"]["checkpoint_writes"],
+                    j["statements"]["other_per_event"].as_f64().unwrap_or(0.0)
+                )
+            }),
+    );
+    let other = j["statements"]["other_per_event"].as_f64();
+    rep.target(
+        "statements per event (relay)",
+        "0 beyond the periodic checkpoint write",
+        other.map_or("n/a".into(), |v| format!("{v:.4} other/event")),
+        other.map(|v| v < 0.001),
+    );
+    Ok(s.client.map(|d| d.mean))
+}
+
+async fn mock(env: &mut Env, rep: &mut Report) -> Result<()> {
+    let cluster = MockCluster::new(1).context("mock cluster")?;
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("outbox.mock", env.opts.partitions, 1)?;
+    cluster.create_topic("bare.mock", env.opts.partitions, 1)?;
+    let s = relay_steady(env, &brokers, "mock").await?;
+    let secs = env.opts.seconds.min(20.0);
+    let (f_ack, f_recv, f_json) = floor(env, &brokers, "bare.mock", secs).await?;
+    let part = "steady (mock cluster)";
+    rep.row(
+        part,
+        "relay commit→receive p50/p95/p99/max",
+        load::opt_cell(&s.client),
+    );
+    rep.row(
+        part,
+        "relay commit_timestamp→receive",
+        load::opt_cell(&s.header),
+    );
+    rep.row(
+        part,
+        "relay /metrics commit→ack",
+        metric_cell(&s.metrics_e2e),
+    );
+    rep.row(part, "bare producer produce→ack", load::opt_cell(&f_ack));
+    rep.row(
+        part,
+        "bare producer produce→receive",
+        load::opt_cell(&f_recv),
+    );
+    let (p99, how) = match metric_ms(&s.metrics_e2e, "p99_ms") {
+        Some(v) => (Some(v), "relay /metrics commit→ack"),
+        None => (
+            s.header.as_ref().map(|d| d.p99),
+            "commit_timestamp→consumer receive (upper bound)",
+        ),
+    };
+    rep.target(
+        "mock cluster commit→ack p99",
+        "≤ 10 ms",
+        p99.map_or("n/a".into(), |v| format!("{} ({how})", load::ms(v))),
+        p99.map(|v| v <= 10.0),
+    );
+    let mut j = s.json;
+    j["floor"] = f_json;
+    rep.json.insert("steady_mock".into(), j);
+    drop(cluster);
+    Ok(())
+}
+
+// ------------------------------------------------------------------- polling
+
+async fn polling(env: &mut Env, rep: &mut Report, relay_mean: Option<f64>) -> Result<()> {
+    let o = env.opts.clone();
+    let mut results = Vec::new();
+    for ms in [o.poll_interval_ms, o.fast_poll_interval_ms] {
+        let topic = format!("poll.{ms}ms");
+        let brokers = env.broker.bootstrap();
+        env.ctl.batch_execute("TRUNCATE public.outbox_poll").await?;
+        let consumer = load::spawn_consumer(&brokers, &topic, o.fetch_wait_ms, env.clock).await?;
+        Statements::reset(&env.ctl).await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (url, b, t) = (env.poller_url.clone(), brokers.clone(), topic.clone());
+        let interval = Duration::from_millis(ms);
+        let batch = o.poll_batch;
+        let poller = tokio::spawn(async move {
+            polling::run_poller(&url, "public.outbox_poll", &b, &t, interval, batch, stop_rx).await
+        });
+        let load = load::run_load(
+            &env.bench_url,
+            "public.outbox_poll",
+            "poll",
+            o.rate,
+            o.seconds,
+            Opts::pad(o.payload_bytes),
+            o.load_conns,
+            env.clock,
+        )
+        .await?;
+        let n = load.commits.len();
+        let ok = consumer
+            .wait_for(n, Duration::from_secs(120) + interval * 2)
+            .await;
+        let _ = stop_tx.send(true);
+        let stats = poller.await??;
+        let stmts = Statements::of_role(&env.ctl, "poller").await;
+        let recvs = consumer.finish();
+        let (client, _, missing) = load::commit_to_receive(&load.commits, &recvs);
+        if !ok || missing > 0 {
+            eprintln!("[e2e] polling {ms} ms: {missing} of {n} not received");
+        }
+        let label = format!("polling relay, every {ms} ms, batch {}", o.poll_batch);
+        rep.row(
+            "polling",
+            &format!("{label}: commit→receive"),
+            load::opt_cell(&client),
+        );
+        rep.row(
+            "db cost",
+            &format!("{label}: statements"),
+            stmt_cell(&stmts, n as u64),
+        );
+        let ratio = match (&client, relay_mean) {
+            (Some(c), Some(r)) if r > 0.0 => Some(c.mean / r),
+            _ => None,
+        };
+        if let Some(r) = ratio {
+            rep.row(
+                "polling",
+                &format!("{label}: mean latency ratio polling / relay"),
+                format!("{r:.0} ×"),
+            );
+        }
+        if ms == o.poll_interval_ms {
+            rep.target(
+                "mean latency, polling (default interval) / relay",
+                "≥ 100 ×",
+                ratio.map_or("n/a".into(), |r| format!("{r:.0} ×")),
+                ratio.map(|r| r >= 100.0),
+            );
+        }
+        results.push(json!({
+            "interval_ms": ms, "batch": o.poll_batch, "events": n, "missing": missing,
+            "achieved_rate": load.rate(),
+            "commit_to_receive": load::opt_json(&client),
+            "mean_ratio_over_relay": ratio,
+            "polls": stats.polls, "batches": stats.batches, "published": stats.events,
+            "statements": stmts.json(n as u64, load.elapsed_s),
+        }));
+    }
+    rep.json.insert("polling".into(), json!(results));
+    Ok(())
+}
+
+// -------------------------------------------------------------------- report
+
+fn print_report(rep: &Report, command: &str) {
+    let m = &rep.json["machine"];
+    println!("\n## outbox-relay end-to-end benchmark\n");
+    println!("Command: `{}`  ", command.trim());
+    println!(
+        "Machine: {} × {}, {} GiB RAM, Linux {}; PostgreSQL {}; {}; librdkafka {}\n",
+        m["nproc"],
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["memory_gib"],
+        m["kernel"].as_str().unwrap_or("?"),
+        m["postgresql"].as_str().unwrap_or("?"),
+        m["broker"].as_str().unwrap_or("?"),
+        m["librdkafka"].as_str().unwrap_or("?"),
+    );
+    println!("| Part | Metric | Value |\n|---|---|---|");
+    for r in &rep.rows {
+        println!("| {} | {} | {} |", r[0], r[1], r[2].replace('|', "/"));
+    }
+    if !rep.targets.is_empty() {
+        println!("\n| Target | Goal | Measured | Verdict |\n|---|---|---|---|");
+        for t in &rep.targets {
+            println!("| {} | {} | {} | {} |", t[0], t[1], t[2], t[3]);
+        }
+    }
+}

@@ -24,17 +24,120 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
 }
 
 /// [`run`] with a health handle the caller shares (the HTTP endpoint).
+///
+/// Besides the session supervisor this runs, until the end of `run`: the
+/// `/metrics` `/healthz` `/readyz` endpoint and its broker probe
+/// ([`crate::http`]), the heartbeat ([`crate::heartbeat`]), the janitor and
+/// the slot monitor ([`crate::slot`]). A lost or missing slot found by the
+/// monitor stops the supervisor gracefully and ends `run` with that fatal
+/// error. Every task stops on `shutdown` and is awaited (bounded) before
+/// `run` returns.
 pub async fn run_with_health(
     cfg: Config,
     mut shutdown: watch::Receiver<bool>,
     health: crate::health::SharedHealth,
 ) -> Result<()> {
+    // One internal stop signal for every task: the caller's shutdown, a fatal
+    // error of the slot monitor, or the end of `run` (also on early errors).
+    let stop_tx = StopOnDrop(watch::channel(false).0);
+    let stop = stop_tx.0.subscribe();
+    let mut tasks = Vec::new();
+    if let Some((_addr, task)) = crate::http::spawn(&cfg, health.clone(), stop.clone()).await? {
+        tasks.push(task);
+    }
     startup_checks(&cfg).await?;
     health.set_broker_ok(true);
+    // A slot that is already lost is reported before any session starts.
+    crate::slot::check_now(&cfg).await.map_err(fatal)?;
+    tasks.push(tokio::spawn(crate::heartbeat::run(
+        cfg.clone(),
+        stop.clone(),
+    )));
+    if cfg.cleanup.enabled {
+        tasks.push(tokio::spawn(crate::janitor::run_periodic(
+            cfg.clone(),
+            stop.clone(),
+        )));
+    }
+    let mut monitor = Some(tokio::spawn(crate::slot::monitor(
+        cfg.clone(),
+        stop.clone(),
+    )));
+    let supervisor = supervise(&cfg, &health, stop.clone());
+    tokio::pin!(supervisor);
+    let mut fatal_error = None;
+    let mut caller_gone = false;
+    if *shutdown.borrow_and_update() {
+        stop_tx.stop();
+    }
+    let result = loop {
+        tokio::select! {
+            r = &mut supervisor => break r,
+            r = async { monitor.as_mut().expect("guarded").await }, if monitor.is_some() => {
+                monitor = None;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        fatal_error = Some(e);
+                        stop_tx.stop();
+                    }
+                    Err(e) => tracing::error!(error = %e, "slot monitor panicked; the slot is no longer checked"),
+                }
+            }
+            changed = shutdown.changed(), if !caller_gone => {
+                if changed.is_err() {
+                    caller_gone = true;
+                } else if *shutdown.borrow_and_update() {
+                    stop_tx.stop();
+                }
+            }
+        }
+    };
+    stop_tx.stop();
+    if let Some(m) = monitor {
+        tasks.push(tokio::spawn(async move {
+            let _ = m.await;
+        }));
+    }
+    let all = futures::future::join_all(tasks);
+    if tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop within 5s");
+    }
+    match fatal_error {
+        Some(e) => Err(e),
+        None => result,
+    }
+}
+
+/// Sends the stop signal when dropped, so no task outlives `run`.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl StopOnDrop {
+    fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Run sessions, retrying transient failures with backoff, until `shutdown`
+/// (Ok) or a fatal error.
+async fn supervise(
+    cfg: &Config,
+    health: &crate::health::SharedHealth,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     let mut backoff = Backoff::new(cfg.relay.backoff_initial, cfg.relay.backoff_max);
     loop {
         let mut stats = SessionStats::default();
-        let outcome = relay::run_session(&cfg, &health, &mut shutdown, &mut stats).await;
+        let outcome = relay::run_session(cfg, health, &mut shutdown, &mut stats).await;
         match outcome {
             Ok(relay::SessionEnd::Stopped) => return Ok(()),
             Err(e) => {

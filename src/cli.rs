@@ -52,6 +52,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// `dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Re-publish a FAILED row (after fixing its cause) and mark it PROCESSED.
+    Replay {
+        /// The outbox row id.
+        #[arg(long)]
+        id: i64,
+    },
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -65,6 +76,24 @@ pub enum Command {
     Run,
     /// Validate the configuration and print it with secrets masked.
     CheckConfig,
+    /// Run one janitor pass now (mark published rows, prune by retention) and print what it did.
+    Prune {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead-letter operations.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Show the slot, lag, checkpoint and outbox row counts (reads PostgreSQL only).
+    Status {
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -122,6 +151,49 @@ pub async fn execute(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Prune { json } => {
+            let cfg = cli.load_config()?;
+            let client = control::connect(&cfg, "prune").await?;
+            let r = crate::janitor::run_pass(&client, &cfg).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                let verb = if cfg.cleanup.delete_after_publish {
+                    "deleted (published)"
+                } else {
+                    "marked PROCESSED"
+                };
+                println!("{verb}: {}", r.marked);
+                println!(
+                    "pruned PROCESSED (older than {} days): {}",
+                    cfg.cleanup.retention_days, r.pruned_processed
+                );
+                println!(
+                    "pruned FAILED (older than {} days): {}",
+                    cfg.cleanup.failed_retention_days, r.pruned_failed
+                );
+                println!(
+                    "durable position: {}",
+                    r.durable_lsn.as_deref().unwrap_or("none yet")
+                );
+                if let Some(w) = &r.waiting_for_lsn {
+                    println!(
+                        "rows committed since the last pass are marked once the relay passes {w}"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Dlq {
+            command: DlqCommand::Replay { id },
+        } => {
+            let cfg = cli.load_config()?;
+            let client = control::connect(&cfg, "dlq replay").await?;
+            let topic = crate::replay::replay(&client, &cfg, *id).await?;
+            println!("replayed outbox row id={id} to {topic}; marked PROCESSED");
+            Ok(())
+        }
+        Command::Status { json } => crate::status::execute(&cli, *json).await,
         Command::Run => {
             let cfg = cli.load_config()?;
             let (tx, rx) = watch::channel(false);

@@ -152,8 +152,12 @@ pub async fn record_blocked(
     cfg: &Config,
     blocked: Option<(i64, &str)>,
 ) -> Result<()> {
+    // Upsert: the stream may block before its first checkpoint was written;
+    // '0/0' never wins over a real position (the relay's save only raises).
     let sql = format!(
-        "UPDATE {} SET blocked_row_id = $2, blocked_reason = $3 WHERE slot_name = $1",
+        "INSERT INTO {} AS c (slot_name, lsn, blocked_row_id, blocked_reason) VALUES ($1, '0/0', $2, $3) \
+         ON CONFLICT (slot_name) DO UPDATE SET blocked_row_id = EXCLUDED.blocked_row_id, \
+         blocked_reason = EXCLUDED.blocked_reason",
         cfg.outbox.checkpoint_table
     );
     let (id, reason) = match blocked {

@@ -37,6 +37,8 @@
 //! [`config`] · [`cli`] · [`error`] · [`app`] · [`source`] · [`decode`] ·
 //! [`sink`] · [`checkpoint`] · [`tracker`] · [`relay`] · [`schema`] ·
 //! [`emit`] (the Rust helper for applications) · [`backoff`].
+//! Operations: [`http`] (`/metrics`, `/healthz`, `/readyz`) · [`heartbeat`] ·
+//! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`).
 
 pub mod app;
 pub mod backoff;
@@ -48,9 +50,15 @@ pub mod decode;
 pub mod emit;
 pub mod error;
 pub mod health;
+pub mod heartbeat;
+pub mod http;
+pub mod janitor;
 pub mod metrics;
 pub mod relay;
+pub mod replay;
 pub mod schema;
 pub mod sink;
+pub mod slot;
 pub mod source;
+pub mod status;
 pub mod tracker;

@@ -119,12 +119,21 @@ shutdown-timeout = "10s"
 
     /// Start `outbox-relay run`; its stderr goes to a numbered log file.
     pub fn spawn_relay(&self) -> RelayProc {
+        self.spawn_relay_with(&[])
+    }
+
+    /// Like [`spawn_relay`](Self::spawn_relay) with extra environment
+    /// (config overrides such as `OUTBOX_RELAY_RELAY_MAX_RETRY`).
+    pub fn spawn_relay_with(&self, env: &[(&str, &str)]) -> RelayProc {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = self.dir.path().join(format!("relay-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = self
-            .relay_command(&["run"])
+        let mut cmd = self.relay_command(&["run"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()

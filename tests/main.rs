@@ -6,6 +6,8 @@
 
 mod cli;
 mod core;
+mod dlq;
 mod fixture;
+mod janitor;
 mod sql_files;
 mod support;

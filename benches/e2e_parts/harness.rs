@@ -1,0 +1,453 @@
+//! Processes and probes of the end-to-end benchmark: the relay binary as a
+//! child process, its memory and CPU from /proc, its Prometheus endpoint,
+//! and the PostgreSQL queries that observe progress and statement counts.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use outbox_relay::sink::message::parse_lsn;
+use serde_json::{json, Value};
+use tokio_postgres::Client;
+
+use crate::load::r3;
+
+/// The relay binary cargo built next to this bench (same profile).
+pub fn relay_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("OUTBOX_RELAY_BIN") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay"))
+}
+
+/// Write a relay configuration: defaults everywhere except connections,
+/// the metrics port and whatever `extra` (TOML) adds.
+pub fn write_config(
+    path: &Path,
+    pg_url: &str,
+    brokers: &str,
+    metrics_port: u16,
+    extra: &str,
+) -> Result<()> {
+    let toml = format!(
+        "[postgres]\nurl = \"{pg_url}\"\n\n[kafka]\nbrokers = \"{brokers}\"\n\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{extra}\n"
+    );
+    std::fs::write(path, toml).with_context(|| format!("write {}", path.display()))
+}
+
+/// `outbox-relay --config FILE init`.
+pub fn relay_init(config: &Path) -> Result<()> {
+    let out = Command::new(relay_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("init")
+        .env("OUTBOX_RELAY_LOG", "warn")
+        .output()
+        .context("run outbox-relay init")?;
+    if !out.status.success() {
+        bail!(
+            "outbox-relay init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A running `outbox-relay run`.
+pub struct Relay {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl Relay {
+    pub fn spawn(config: &Path, log: PathBuf, metrics_port: u16) -> Result<Relay> {
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(relay_bin())
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env_remove("OUTBOX_RELAY_POSTGRES_URL")
+            .env_remove("OUTBOX_RELAY_KAFKA_BROKERS")
+            .env(
+                "OUTBOX_RELAY_LOG",
+                std::env::var("E2E_RELAY_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .context("spawn outbox-relay run")?;
+        Ok(Relay {
+            child: Some(child),
+            log,
+            metrics_port,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Err with the log tail if the process exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(st) = c.try_wait()? {
+                bail!(
+                    "relay exited with {st}; log {}:\n{}",
+                    self.log.display(),
+                    crate::support::tail_file(&self.log, 30)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait; SIGKILL after `deadline`.
+    pub fn stop(&mut self, deadline: Duration) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("[e2e] relay did not stop within {deadline:?}; killing it");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// (VmRSS, VmHWM) in KiB.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// utime + stime of a process, seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// Peak RSS and CPU of a process, sampled while a phase runs.
+#[derive(Default, Clone)]
+pub struct ProcSample {
+    pub peak_rss_kib: u64,
+    pub hwm_kib: u64,
+    pub cpu_start: Option<f64>,
+    pub cpu_last: Option<f64>,
+}
+
+impl ProcSample {
+    pub fn sample(&mut self, pid: u32) {
+        if let Some((rss, hwm)) = rss_kib(pid) {
+            self.peak_rss_kib = self.peak_rss_kib.max(rss);
+            self.hwm_kib = self.hwm_kib.max(hwm);
+        }
+        if let Some(c) = cpu_secs(pid) {
+            self.cpu_start.get_or_insert(c);
+            self.cpu_last = Some(c);
+        }
+    }
+
+    pub fn cpu(&self) -> Option<f64> {
+        Some(self.cpu_last? - self.cpu_start?)
+    }
+
+    pub fn peak_mib(&self) -> f64 {
+        self.peak_rss_kib.max(self.hwm_kib) as f64 / 1024.0
+    }
+}
+
+/// GET /metrics from the relay; None when nothing listens.
+pub fn scrape(port: u16) -> Option<String> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (head, rest) = body.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| rest.to_string())
+}
+
+fn sample_value(line: &str) -> Option<f64> {
+    line.rsplit_once(' ')?.1.trim().parse().ok()
+}
+
+fn label<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{key}=\""))? + key.len() + 2;
+    let end = line[start..].find('"')? + start;
+    Some(&line[start..end])
+}
+
+/// Quantiles (ms) of a Prometheus summary or histogram named `name` in a
+/// scrape; series with other labels are merged (histogram) or the largest
+/// by count is taken (summary).
+pub fn metric_quantiles(text: &str, name: &str) -> Option<Value> {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(name))
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    let count: f64 = lines
+        .iter()
+        .filter(|l| l.starts_with(&format!("{name}_count")))
+        .filter_map(|l| sample_value(l))
+        .sum();
+    let sum: f64 = lines
+        .iter()
+        .filter(|l| l.starts_with(&format!("{name}_sum")))
+        .filter_map(|l| sample_value(l))
+        .sum();
+    let mean_ms = (count > 0.0).then(|| r3(sum / count * 1e3));
+    let bucket = format!("{name}_bucket");
+    let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.starts_with(&bucket)) {
+        let le = label(l, "le")?;
+        let le: f64 = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
+        let e = buckets.entry(le.to_bits()).or_insert((le, 0.0));
+        e.1 += sample_value(l)?;
+    }
+    if !buckets.is_empty() {
+        let mut b: Vec<(f64, f64)> = buckets.into_values().collect();
+        b.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let total = b.last()?.1;
+        let q = |p: f64| -> Option<f64> {
+            let want = p * total;
+            let mut prev = (0.0, 0.0);
+            for &(le, c) in &b {
+                if c >= want {
+                    if le.is_infinite() {
+                        return Some(prev.0 * 1e3);
+                    }
+                    let frac = if c > prev.1 {
+                        (want - prev.1) / (c - prev.1)
+                    } else {
+                        1.0
+                    };
+                    return Some((prev.0 + (le - prev.0) * frac) * 1e3);
+                }
+                prev = (le, c);
+            }
+            None
+        };
+        return Some(
+            json!({"kind": "histogram", "count": total, "mean_ms": mean_ms,
+            "p50_ms": q(0.5).map(r3), "p95_ms": q(0.95).map(r3), "p99_ms": q(0.99).map(r3)}),
+        );
+    }
+    let mut qs = BTreeMap::new();
+    for l in &lines {
+        if let (Some(q), Some(v)) = (label(l, "quantile"), sample_value(l)) {
+            let e = qs.entry(q.to_string()).or_insert(v);
+            *e = e.max(v);
+        }
+    }
+    if qs.is_empty() {
+        return None;
+    }
+    let g = |q: &str| qs.get(q).map(|v| r3(v * 1e3));
+    Some(
+        json!({"kind": "summary", "count": count, "mean_ms": mean_ms,
+        "p50_ms": g("0.5"), "p95_ms": g("0.95"), "p99_ms": g("0.99"), "max_ms": g("1")}),
+    )
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+pub async fn insert_lsn(c: &Client) -> Result<u64> {
+    let s: String = c
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
+    parse_lsn(&s).context("lsn")
+}
+
+pub async fn checkpoint_lsn(c: &Client) -> Result<u64> {
+    let row = c
+        .query_opt(
+            "SELECT lsn::text FROM public.outbox_relay_checkpoint WHERE slot_name = 'outbox_relay'",
+            &[],
+        )
+        .await?;
+    Ok(row
+        .and_then(|r| parse_lsn(&r.get::<_, String>(0)))
+        .unwrap_or(0))
+}
+
+/// Whether a walsender streams from the relay's slot.
+pub async fn slot_active(c: &Client, slot: &str) -> Result<bool> {
+    Ok(c.query_opt(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await?
+    .is_some_and(|r| r.get::<_, bool>(0)))
+}
+
+/// The walsender serving `slot`.
+pub async fn walsender_pid(c: &Client, slot: &str) -> Result<Option<u32>> {
+    Ok(c.query_opt(
+        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+        &[&slot],
+    )
+    .await?
+    .and_then(|r| r.get::<_, Option<i32>>(0))
+    .map(|p| p as u32))
+}
+
+/// Wait until the relay streams (its slot is active).
+pub async fn wait_streaming(c: &Client, relay: &mut Relay) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        relay.check_alive()?;
+        if slot_active(c, "outbox_relay").await? {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!(
+                "relay did not start streaming within 60 s; log:\n{}",
+                crate::support::tail_file(&relay.log, 30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Statement counts per role since the last reset (pg_stat_statements).
+#[derive(Default, Clone)]
+pub struct Statements {
+    pub available: bool,
+    pub total: i64,
+    /// (calls, query) sorted by calls, descending.
+    pub by_query: Vec<(i64, String)>,
+}
+
+impl Statements {
+    pub async fn reset(c: &Client) -> bool {
+        c.batch_execute("SELECT pg_stat_statements_reset()")
+            .await
+            .is_ok()
+    }
+
+    pub async fn of_role(c: &Client, role: &str) -> Statements {
+        let rows = c
+            .query(
+                "SELECT s.calls, s.query FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid \
+                 WHERE r.rolname = $1 ORDER BY s.calls DESC",
+                &[&role],
+            )
+            .await;
+        match rows {
+            Err(_) => Statements::default(),
+            Ok(rows) => {
+                let by_query: Vec<(i64, String)> = rows
+                    .iter()
+                    .map(|r| {
+                        let q: String = r.get(1);
+                        let q: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
+                        (r.get::<_, i64>(0), q.chars().take(110).collect())
+                    })
+                    .collect();
+                Statements {
+                    available: true,
+                    total: by_query.iter().map(|x| x.0).sum(),
+                    by_query,
+                }
+            }
+        }
+    }
+
+    /// Calls of statements that write the checkpoint table.
+    pub fn checkpoint_writes(&self) -> i64 {
+        self.by_query
+            .iter()
+            .filter(|(_, q)| q.contains("outbox_relay_checkpoint") && q.starts_with("INSERT"))
+            .map(|x| x.0)
+            .sum()
+    }
+
+    pub fn json(&self, events: u64, seconds: f64) -> Value {
+        if !self.available {
+            return json!({"available": false});
+        }
+        let ev = events.max(1) as f64;
+        json!({
+            "total": self.total,
+            "per_event": self.total as f64 / ev,
+            "checkpoint_writes": self.checkpoint_writes(),
+            "other_per_event": (self.total - self.checkpoint_writes()) as f64 / ev,
+            "per_second": self.total as f64 / seconds.max(1e-9),
+            "top": self.by_query.iter().take(8).map(|(c, q)| json!({"calls": c, "query": q})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Machine facts for the report.
+pub fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|x| x.1.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "memory_gib": r3(mem_kib as f64 / 1024.0 / 1024.0),
+        "kernel": kernel,
+        "librdkafka": rdkafka::util::get_rdkafka_version().1,
+    })
+}
