@@ -21,7 +21,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- Debian packages -------------------------------------------------------------------
-PKGS=(postgresql-15 postgresql-contrib libssl-dev zlib1g-dev build-essential pkg-config)
+# prometheus: promtool and the server for tests/observability.rs; python3-yaml: the tests
+# parse docker-compose.yml with python3.
+PKGS=(postgresql-15 postgresql-contrib libssl-dev zlib1g-dev build-essential pkg-config prometheus python3 python3-yaml)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -44,6 +46,14 @@ else
 fi
 test -x /usr/lib/postgresql/15/bin/initdb || { log "initdb missing after install"; exit 1; }
 id postgres >/dev/null 2>&1 || { log "no postgres system user after install"; exit 1; }
+command -v promtool >/dev/null 2>&1 || { log "promtool missing after install (package prometheus)"; exit 1; }
+# The python3 first on PATH may not be Debian's (pyenv): give it PyYAML too.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    log "installing PyYAML for $(command -v python3)"
+    python3 -m pip install --quiet pyyaml \
+        || python3 -m pip install --quiet --break-system-packages pyyaml \
+        || { log "could not install PyYAML"; exit 1; }
+fi
 
 # --- Rust toolchain components used by .ci/run ---------------------------------------------
 command -v cargo >/dev/null 2>&1 || { log "cargo not found (expected in $CARGO_BIN)"; exit 1; }

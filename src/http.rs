@@ -71,9 +71,10 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// The process-wide Prometheus recorder, installed on first call; later calls
 /// return the same handle (a process has one global recorder).
 ///
-/// Also describes every metric and registers the DLQ counter (which alerts
-/// compute `increase()` over) at zero, so the first dead-lettered row is an
-/// increase from 0 rather than the birth of a series.
+/// Also describes every metric and registers the counters that alerts and
+/// the dashboard compute `increase()` over at zero (with the label values
+/// the relay uses), so the first dead-lettered row or retry is an increase
+/// from 0 rather than the birth of a series.
 pub fn install_recorder() -> Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     if let Some(h) = HANDLE.get() {
@@ -84,6 +85,9 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         .map_err(|e| RelayError::Environment(format!("installing the metrics recorder: {e}")))?;
     m::describe();
     metrics::counter!(m::DLQ_TOTAL).increment(0);
+    for reason in ["transient", "permanent"] {
+        metrics::counter!(m::RETRIES, "reason" => reason).increment(0);
+    }
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 

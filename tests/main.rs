@@ -7,7 +7,9 @@
 mod cli;
 mod core;
 mod dlq;
+mod docs;
 mod fixture;
 mod janitor;
+mod observability;
 mod sql_files;
 mod support;

@@ -43,10 +43,6 @@ impl Clock {
         self.base.elapsed().as_secs_f64() * 1e6
     }
 
-    pub fn at_us(&self, t: Instant) -> f64 {
-        t.saturating_duration_since(self.base).as_secs_f64() * 1e6
-    }
-
     pub fn sys_us(&self, t: SystemTime) -> f64 {
         match t.duration_since(self.base_sys) {
             Ok(d) => d.as_secs_f64() * 1e6,

@@ -208,12 +208,12 @@ pub enum SendError {
     Kafka(KafkaError),
 }
 
-fn classify_send<K: ?Sized, P: ?Sized>(
+fn classify_send<K, P>(
     (e, rec): (KafkaError, BaseRecord<'_, K, P, Box<MsgTag>>),
 ) -> (SendError, Box<MsgTag>)
 where
-    K: rdkafka::message::ToBytes,
-    P: rdkafka::message::ToBytes,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
 {
     let err = match e {
         KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
