@@ -395,6 +395,11 @@ async fn setup(opts: Opts, clock: Clock) -> Result<Env> {
         for s in [
             "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
             "ALTER SYSTEM SET max_wal_size = '4GB'",
+            // The harness runs with synchronous_commit = off, which lets a
+            // commit return before its WAL is flushed; logical walsenders
+            // only send flushed WAL, so every event would wait up to
+            // wal_writer_delay (200 ms). Production default: on.
+            "ALTER SYSTEM SET synchronous_commit = on",
         ] {
             c.batch_execute(s).await?;
         }
@@ -926,7 +931,9 @@ async fn floor(
     let (acks, sent) =
         tokio::task::spawn_blocking(move || load::bare_rate(&b, &t, rate, seconds, pad, clock))
             .await??;
-    consumer.wait_for(sent.len(), Duration::from_secs(60)).await;
+    consumer
+        .wait_for(sent.len() + load::WARM_UP as usize, Duration::from_secs(60))
+        .await;
     let recvs = consumer.finish();
     let (recv, _, missing) = load::commit_to_receive(&sent, &recvs);
     let ack = Dist::of_us(acks);

@@ -94,6 +94,15 @@ pub async fn run_with_health(
         }
     };
     stop_tx.stop();
+    // A session that died fatally because the slot is gone (the walsender's
+    // "can no longer get changes…") is reported with the slot check's
+    // clearer message.
+    if matches!(&result, Err(e) if e.class() == ErrorClass::Fatal) && fatal_error.is_none() {
+        let recheck = tokio::time::timeout(Duration::from_secs(5), crate::slot::check_now(&cfg));
+        if let Ok(Err(e @ RelayError::Environment(_))) = recheck.await {
+            fatal_error = Some(e);
+        }
+    }
     if let Some(m) = monitor {
         tasks.push(tokio::spawn(async move {
             let _ = m.await;

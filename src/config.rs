@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -363,6 +362,13 @@ impl Config {
             } else {
                 path
             };
+            // serde quotes the offending value ("invalid type: integer `123`"):
+            // not for a key that holds a secret.
+            let inner = if key == "postgres.url" || is_secret_property(&key) {
+                "wrong type: expected a string (value not shown: it may hold a secret)".to_string()
+            } else {
+                inner
+            };
             ConfigError::new(key, inner)
         })?;
         config.validate()?;
@@ -378,12 +384,9 @@ impl Config {
                 "missing: set it in the config file, with --postgres-url or OUTBOX_RELAY_POSTGRES_URL",
             ));
         }
-        let pg = tokio_postgres::Config::from_str(url).map_err(|e| {
-            ConfigError::new(
-                "postgres.url",
-                format!("not a valid connection string ({e})"),
-            )
-        })?;
+        // sslmode/sslrootcert/sslcert/sslkey are taken out first: tokio-postgres
+        // knows no verify-ca/verify-full (see crate::source::tls).
+        let pg = crate::source::tls::PgTarget::parse(url)?.config;
         if pg.get_hosts().is_empty() {
             return Err(ConfigError::new("postgres.url", "no host given"));
         }
@@ -426,8 +429,22 @@ impl Config {
                 "missing: set it in the config file, with --kafka-brokers or OUTBOX_RELAY_KAFKA_BROKERS",
             ));
         }
-        crate::sink::route::TopicTemplate::parse(&self.kafka.topic_template)
+        validate_brokers(brokers)?;
+        let template = crate::sink::route::TopicTemplate::parse(&self.kafka.topic_template)
             .map_err(|m| ConfigError::new("kafka.topic-template", m))?;
+        // The literal parts must be legal in a topic name, or every row would
+        // be dead-lettered: render with a harmless stand-in and check.
+        let sample = template.render(&crate::sink::route::RouteFields {
+            aggregate_type: "a",
+            event_type: "a",
+            table: "a",
+        });
+        crate::sink::route::validate_topic(&sample).map_err(|_| {
+            ConfigError::new(
+                "kafka.topic-template",
+                "its fixed text must be legal in a topic name: letters, digits, '.', '_', '-', at most 249 chars",
+            )
+        })?;
         crate::sink::route::validate_topic(&self.kafka.dlq_topic)
             .map_err(|m| ConfigError::new("kafka.dlq-topic", m))?;
         if self.relay.max_retry == 0 {
@@ -571,6 +588,19 @@ pub fn redact_url(url: &str) -> String {
 }
 
 fn redact_kv_password(s: &str) -> String {
+    // A key/value string: mask exactly each password value, quoted or not,
+    // also with spaces around `=` (`password = 'a b'`).
+    if !s.contains("://") {
+        if let Ok(pairs) = crate::source::tls::kv_pairs(s) {
+            let mut out = s.to_string();
+            for p in pairs.iter().rev() {
+                if p.key.contains("password") {
+                    out.replace_range(p.value_span.clone(), "***");
+                }
+            }
+            return out;
+        }
+    }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find("password=") {
@@ -582,6 +612,37 @@ fn redact_kv_password(s: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `kafka.brokers`: comma-separated `host[:port]` (optionally `proto://`),
+/// checked for shape only (librdkafka resolves names later).
+fn validate_brokers(brokers: &str) -> Result<(), ConfigError> {
+    for entry in brokers.split(',') {
+        let e = entry.trim();
+        let e = e.split_once("://").map_or(e, |(_, rest)| rest);
+        let port = if let Some(rest) = e.strip_prefix('[') {
+            // [IPv6]:port
+            match rest.split_once(']') {
+                Some((_, after)) => after.strip_prefix(':').map(Some).unwrap_or(None),
+                None => {
+                    return Err(ConfigError::new("kafka.brokers", "unclosed '[' in an address"))
+                }
+            }
+        } else if e.matches(':').count() == 1 {
+            e.split_once(':').map(|(_, p)| p)
+        } else {
+            None
+        };
+        let host_ok = !e.is_empty() && !e.contains(char::is_whitespace) && !e.starts_with(':');
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+        if !host_ok || !port_ok {
+            return Err(ConfigError::new(
+                "kafka.brokers",
+                "must be a comma-separated list of host:port (port 1-65535)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Validate a PostgreSQL identifier we interpolate into SQL. We accept only
@@ -784,6 +845,10 @@ mod tests {
         assert_eq!(
             redact_url("host=x password=abc user=y"),
             "host=x password=*** user=y"
+        );
+        assert_eq!(
+            redact_url("host=x password = 'a b\\'c' user=y"),
+            "host=x password = *** user=y"
         );
     }
 

@@ -193,7 +193,13 @@ pub fn postgres_class(e: &tokio_postgres::Error) -> ErrorClass {
 
 fn replication_class(e: &PgWireError) -> ErrorClass {
     match e {
-        PgWireError::Auth(_) | PgWireError::Tls(_) => ErrorClass::Fatal,
+        PgWireError::Auth(_) => ErrorClass::Fatal,
+        // A certificate that fails verification is fatal; a reset during the
+        // handshake is a network fault like any other.
+        PgWireError::Tls(msg) if crate::source::tls::is_permanent_stream_tls_error(msg) => {
+            ErrorClass::Fatal
+        }
+        PgWireError::Tls(_) => ErrorClass::Transient,
         PgWireError::Server(msg) => {
             // The walsender reports a missing slot/publication or a wrong
             // password as an ErrorResponse; nothing else there is fatal.

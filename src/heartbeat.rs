@@ -25,14 +25,15 @@ use crate::source::control;
 /// Prefix of heartbeat messages; the relay recognises them by it.
 pub const PREFIX: &str = "outbox-relay-heartbeat";
 
-/// The statement that writes one heartbeat (content: the server's time).
-pub const EMIT_SQL: &str =
-    "SELECT pg_logical_emit_message(false, 'outbox-relay-heartbeat', now()::text)::text";
+/// The statement that writes one heartbeat ($1 = [`PREFIX`]; content: the
+/// server's time). Non-transactional, so it is decoded at once, outside any
+/// transaction.
+pub const EMIT_SQL: &str = "SELECT pg_logical_emit_message(false, $1::text, now()::text)::text";
 
 /// Write one heartbeat; returns the LSN of the message as text.
 pub async fn emit(client: &Client) -> Result<String> {
     let row = client
-        .query_one(EMIT_SQL, &[])
+        .query_one(EMIT_SQL, &[&PREFIX])
         .await
         .map_err(|e| RelayError::postgres("emitting a heartbeat", e))?;
     Ok(row.get(0))
@@ -88,5 +89,13 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) {
                 tick.reset_immediately();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefix_is_the_one_the_relay_recognises() {
+        assert_eq!(super::PREFIX, crate::relay::HEARTBEAT_PREFIX);
     }
 }

@@ -59,7 +59,7 @@ pub const TRANSACTION_ROW_BUCKETS: &[f64] = &[
 pub const BROKER_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long one probe may wait for an answer before the broker counts as
 /// unreachable.
-pub const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often histogram samples are folded into buckets when nobody scrapes
 /// (bounds the recorder's memory).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -71,10 +71,11 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// The process-wide Prometheus recorder, installed on first call; later calls
 /// return the same handle (a process has one global recorder).
 ///
-/// Also describes every metric and registers the counters that alerts and
-/// the dashboard compute `increase()` over at zero (with the label values
-/// the relay uses), so the first dead-lettered row or retry is an increase
-/// from 0 rather than the birth of a series.
+/// Also describes every metric, registers the counters that alerts and the
+/// dashboard compute `increase()` over at zero (with the label values the
+/// relay uses), so the first dead-lettered row or retry is an increase from
+/// 0 rather than the birth of a series, and sets the blocked-row gauge to
+/// its "nothing blocked" value 0.
 pub fn install_recorder() -> Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     if let Some(h) = HANDLE.get() {
@@ -85,6 +86,8 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         .map_err(|e| RelayError::Environment(format!("installing the metrics recorder: {e}")))?;
     m::describe();
     metrics::counter!(m::DLQ_TOTAL).increment(0);
+    // "0 when none": nothing is blocked until the relay says so.
+    metrics::gauge!(m::BLOCKED_ROW).set(0.0);
     for reason in ["transient", "permanent"] {
         metrics::counter!(m::RETRIES, "reason" => reason).increment(0);
     }

@@ -407,10 +407,7 @@ impl<'a> Session<'a> {
                 self.scheduled
                     .push((Instant::now(), Action::DeadLetter(dl, dtag)));
                 // The original message's slot in the tracker is released when
-                // its DLQ copy is acknowledged (the DLQ tag carries its txn);
-                // account for the extra message now.
-                self.tracker.sent(tag.txn);
-                self.tracker.acked(tag.txn);
+                // its DLQ copy (same txn tag) is acknowledged.
             }
             OnPermanentError::Block => {
                 let reason = format!("broker refused it {} times: {err_text}", tag.attempt);

@@ -97,13 +97,13 @@ pub fn evaluate(slot: &str, info: Option<&SlotInfo>) -> Result<()> {
         None => Err(RelayError::Environment(format!(
             "replication slot {slot} does not exist any more (postgres.slot): it was dropped while the relay \
              depended on it, so changes since its last confirmed position may have been skipped; the relay \
-             will not recreate it by itself: see README 'Slot lost' to recover (re-run `outbox-relay init`, \
+             will not recreate it by itself: see README 'Slot health' to recover (re-run `outbox-relay init`, \
              then republish PENDING rows)"
         ))),
         Some(i) if i.wal_status.as_deref() == Some("lost") => Err(RelayError::Environment(format!(
             "replication slot {slot} was invalidated (wal_status=lost): WAL needed by the relay was removed \
              (max_slot_wal_keep_size exceeded), so outbox events committed after confirmed_flush_lsn {} may \
-             never be streamed; the relay will not recreate the slot by itself: see README 'Slot lost' to \
+             never be streamed; the relay will not recreate the slot by itself: see README 'Slot health' to \
              recover (drop the slot, re-run `outbox-relay init`, then republish PENDING rows)",
             i.confirmed_flush_lsn.as_deref().unwrap_or("unknown")
         ))),
@@ -210,7 +210,7 @@ mod tests {
             "{msg}"
         );
         assert!(
-            msg.contains("Slot lost") && msg.contains("0/16B3748"),
+            msg.contains("Slot health") && msg.contains("0/16B3748"),
             "{msg}"
         );
         assert!(!msg.contains('\n'));

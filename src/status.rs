@@ -235,7 +235,7 @@ pub fn render_table(s: &Status) -> String {
         None => row(
             "slot",
             format!(
-                "{} (MISSING: run `outbox-relay init`; see README 'Slot lost')",
+                "{} (MISSING: run `outbox-relay init`; see README 'Slot health')",
                 s.slot_name
             ),
         ),
@@ -243,7 +243,7 @@ pub fn render_table(s: &Status) -> String {
             let active = match (i.active, i.active_pid) {
                 (true, Some(pid)) => format!("active, walsender pid {pid}"),
                 (true, None) => "active".to_string(),
-                (false, _) => "inactive (no relay streaming)".to_string(),
+                (false, _) => "inactive: no relay is streaming".to_string(),
             };
             row("slot", format!("{} ({active})", i.name));
             let ws = i.wal_status.as_deref().unwrap_or("none");
@@ -252,7 +252,7 @@ pub fn render_table(s: &Status) -> String {
                 None => "max_slot_wal_keep_size unlimited".to_string(),
             };
             let warn = if ws == "lost" {
-                "  LOST: see README 'Slot lost'"
+                "  LOST: see README 'Slot health'"
             } else {
                 ""
             };
@@ -282,13 +282,16 @@ pub fn render_table(s: &Status) -> String {
         },
     );
     row(
-        "lag",
+        "lag bytes",
+        s.lag
+            .bytes
+            .map(|b| format!("{} of WAL not yet handled", human_bytes(b)))
+            .unwrap_or_else(|| "unknown".into()),
+    );
+    row(
+        "lag seconds",
         format!(
-            "{}, {}",
-            s.lag
-                .bytes
-                .map(human_bytes)
-                .unwrap_or_else(|| "unknown bytes".into()),
+            "{} (oldest pending row newer than the checkpoint)",
             human_secs(s.lag.seconds)
         ),
     );

@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 use crate::support::broker::Broker;
 use crate::support::kafka::{self, Received};
 use crate::support::postgres::PgCluster;
+use crate::support::proxy::TcpProxy;
 
 /// The relay's default dead-letter topic, created in every env.
 pub const DLQ_TOPIC: &str = "outbox.dlq";
@@ -208,6 +209,102 @@ shutdown-timeout = "10s"
             want.is_empty()
         })
         .await
+    }
+}
+
+/// Additional ways to start an [`Env`] (used by the fault and odd-data
+/// tests): a broker behind a proxy, a custom `app` database.
+impl Env {
+    /// Like [`Env::start_with`], but the broker is started with
+    /// [`Broker::start_proxied`]: it advertises the proxy, so every byte
+    /// between the relay (and the test's readers) and the broker crosses the
+    /// returned [`TcpProxy`], which can pause, cut or refuse it.
+    pub async fn start_proxied_broker(
+        topics: &[&str],
+        extra_toml: &str,
+        max_in_flight: usize,
+    ) -> (Env, TcpProxy) {
+        let (pg, (broker, proxy)) = tokio::join!(PgCluster::start(), Broker::start_proxied());
+        pg.create_database("app").await;
+        let env = Self::assemble(pg, broker, topics, extra_toml, max_in_flight).await;
+        (env, proxy)
+    }
+
+    /// Like [`Env::start_with`], but database `app` is created with
+    /// `create_db_sql` (which must create a database named `app`), e.g.
+    /// `CREATE DATABASE app TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'`.
+    pub async fn start_with_app_db(
+        topics: &[&str],
+        extra_toml: &str,
+        max_in_flight: usize,
+        create_db_sql: &str,
+    ) -> Env {
+        let (pg, broker) = tokio::join!(PgCluster::start(), Broker::start());
+        pg.client()
+            .await
+            .batch_execute(create_db_sql)
+            .await
+            .unwrap_or_else(|e| panic!("{create_db_sql}: {e}"));
+        Self::assemble(pg, broker, topics, extra_toml, max_in_flight).await
+    }
+
+    /// Config file, topics (4 partitions each, plus the DLQ) and `init`.
+    async fn assemble(
+        pg: PgCluster,
+        broker: Broker,
+        topics: &[&str],
+        extra_toml: &str,
+        max_in_flight: usize,
+    ) -> Env {
+        let env = Env {
+            pg,
+            broker,
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra_toml: extra_toml.to_string(),
+            max_in_flight,
+            metrics_port: crate::support::free_port(),
+        };
+        env.write_config();
+        for t in topics.iter().chain(&[DLQ_TOPIC]) {
+            kafka::create_topic(&env.broker.bootstrap(), t, 4).await;
+        }
+        let out = env.relay_command(&["init"]).output().expect("run init");
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
+    /// Status and retry count of outbox row `id`.
+    pub async fn row_status(&self, id: i64) -> (String, i32) {
+        let r = self
+            .client()
+            .await
+            .query_one(
+                "SELECT status, retry_count FROM public.outbox WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .expect("row status");
+        (r.get(0), r.get(1))
+    }
+}
+
+impl RelayProc {
+    /// Process id of the running relay.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Peak resident set size so far (`VmHWM` of /proc/PID/status), in kB.
+    pub fn peak_rss_kb(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 }
 

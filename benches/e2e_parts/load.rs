@@ -394,6 +394,14 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
         .set("queue.buffering.max.messages", "1000000")
         .set("message.timeout.ms", "300000")
         .set("log_level", "3");
+    // Experiments: E2E_PRODUCER_PROPS="linger.ms=0,socket.nagle.disable=true".
+    if let Ok(extra) = std::env::var("E2E_PRODUCER_PROPS") {
+        for kv in extra.split(',').filter(|s| !s.is_empty()) {
+            if let Some((k, v)) = kv.split_once('=') {
+                c.set(k.trim(), v.trim());
+            }
+        }
+    }
     c
 }
 
@@ -483,6 +491,25 @@ fn send_one(p: &ThreadedProducer<AckContext>, topic: &str, i: u64, payload: &str
     }
 }
 
+/// Messages sent (and acknowledged) before measuring: the idempotent
+/// producer first needs a producer id, and the first messages wait for it.
+pub const WARM_UP: u64 = 20;
+
+/// Ids of warm-up messages (`bare_id` of indexes past any run).
+fn warm_up(p: &ThreadedProducer<AckContext>, topic: &str, pad: usize) -> Result<()> {
+    let base = 1_000_000_000;
+    for i in 0..WARM_UP {
+        send_one(p, topic, base + i, &payload_json(i, pad))?;
+    }
+    let ctx = p.context();
+    let end = Instant::now() + Duration::from_secs(30);
+    while ctx.acked.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < WARM_UP {
+        anyhow::ensure!(Instant::now() < end, "bare producer: warm-up not acknowledged");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// Send `n` messages as fast as librdkafka takes them; seconds from the
 /// first send to the last ack.
 pub fn bare_burst(bootstrap: &str, topic: &str, n: u64, pad: usize) -> Result<f64> {
@@ -490,13 +517,14 @@ pub fn bare_burst(bootstrap: &str, topic: &str, n: u64, pad: usize) -> Result<f6
     let p = bare_producer(bootstrap, 0, clock)?;
     p.client()
         .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let ctx = p.context().clone();
+    warm_up(&p, topic, pad)?;
     let start = Instant::now();
     for i in 0..n {
         send_one(&p, topic, i, &payload_json(i, pad))?;
     }
-    let ctx = p.context().clone();
     let end = Instant::now() + Duration::from_secs(600);
-    while ctx.acked.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < n {
+    while ctx.acked.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < n + WARM_UP {
         anyhow::ensure!(Instant::now() < end, "bare producer: acks missing");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -522,6 +550,7 @@ pub fn bare_rate(
     let p = bare_producer(bootstrap, n, clock)?;
     p.client()
         .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    warm_up(&p, topic, pad)?;
     let mut sent = Vec::with_capacity(n);
     let start = Instant::now() + Duration::from_millis(100);
     for i in 0..n {
@@ -535,7 +564,8 @@ pub fn bare_rate(
     }
     let ctx = p.context().clone();
     let end = Instant::now() + Duration::from_secs(120);
-    while ctx.acked.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < n as u64
+    while ctx.acked.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed)
+        < n as u64 + WARM_UP
         && Instant::now() < end
     {
         std::thread::sleep(Duration::from_millis(5));

@@ -1,36 +1,72 @@
 //! SQL control plane: connecting, `init`, and startup checks that turn a
 //! missing slot or publication into one clear fatal error.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, NoTls, Socket};
 
 use crate::config::Config;
 use crate::error::{RelayError, Result};
 use crate::schema;
+use crate::source::tls::{self, PgTarget};
 
 /// Open a control-plane connection with a deadline; the connection task is
 /// spawned and logs when it ends.
+///
+/// TLS follows `sslmode`/`sslrootcert` in `postgres.url` ([`tls`]). A
+/// certificate that fails verification (untrusted CA, wrong host name) or a
+/// server refusing required TLS is an environment error — fatal, one line,
+/// no retry — while a connection reset during the handshake stays transient.
 pub async fn connect(cfg: &Config, purpose: &'static str) -> Result<Client> {
-    let mut pg = tokio_postgres::Config::from_str(cfg.postgres_url())
-        .map_err(|e| RelayError::postgres("parsing postgres.url", e))?;
+    let target = PgTarget::parse(cfg.postgres_url())?;
+    let mut pg = target.config.clone();
     pg.application_name(format!("outbox-relay {purpose}"));
     pg.connect_timeout(cfg.postgres.connect_timeout);
-    let fut = pg.connect(NoTls);
-    let (client, conn) =
-        tokio::time::timeout(cfg.postgres.connect_timeout + Duration::from_secs(1), fut)
-            .await
-            .map_err(|_| RelayError::Timeout(format!("connecting to PostgreSQL ({purpose})")))?
-            .map_err(|e| {
-                RelayError::postgres(format!("connecting to PostgreSQL ({purpose})"), e)
-            })?;
+    let deadline = cfg.postgres.connect_timeout + Duration::from_secs(1);
+    let connected = match target.rustls_config()? {
+        None => connect_with(&pg, NoTls, deadline).await,
+        Some(rc) => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rc);
+            connect_with(&pg, tls, deadline).await
+        }
+    };
+    match connected {
+        Ok(Some(client)) => Ok(client),
+        Ok(None) => Err(RelayError::Timeout(format!(
+            "connecting to PostgreSQL ({purpose})"
+        ))),
+        Err(e) => Err(match tls::certificate_problem(&e) {
+            Some(problem) => RelayError::Environment(format!(
+                "TLS to PostgreSQL failed ({purpose}): {problem} (postgres.url: sslmode, sslrootcert)"
+            )),
+            None => RelayError::postgres(format!("connecting to PostgreSQL ({purpose})"), e),
+        }),
+    }
+}
+
+/// Connect with one TLS implementation; `Ok(None)` when the deadline passed.
+async fn connect_with<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+    deadline: Duration,
+) -> std::result::Result<Option<Client>, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<Socket>>::Future: Send,
+{
+    let Ok(res) = tokio::time::timeout(deadline, pg.connect(tls)).await else {
+        return Ok(None);
+    };
+    let (client, conn) = res?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(error = %e, purpose, "control connection closed");
+            tracing::debug!(error = %e, "control connection closed");
         }
     });
-    Ok(client)
+    Ok(Some(client))
 }
 
 /// What `init` did, for the operator.

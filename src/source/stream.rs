@@ -3,13 +3,12 @@
 //! transaction whole, after it committed, in commit order — the order the
 //! relay publishes in).
 
-use std::str::FromStr;
-
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, TlsConfig};
-use tokio_postgres::config::{Host, SslMode};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig};
+use tokio_postgres::config::Host;
 
 use crate::config::Config;
 use crate::error::{RelayError, Result};
+use crate::source::tls::PgTarget;
 
 /// Build the stream configuration from `postgres.url`.
 ///
@@ -17,9 +16,13 @@ use crate::error::{RelayError, Result};
 /// the slot's own position when we have none); `ack` is what the worker
 /// reports as flushed until the relay confirms more, so the slot never moves
 /// past what the checkpoint table holds (invariant 2).
+///
+/// TLS: the same `sslmode`/`sslrootcert` decision as the control plane
+/// ([`crate::source::tls`]), so both connections verify the same server
+/// certificate the same way.
 pub fn replication_config(cfg: &Config, start: Option<u64>) -> Result<ReplicationConfig> {
-    let pg = tokio_postgres::Config::from_str(cfg.postgres_url())
-        .map_err(|e| RelayError::postgres("parsing postgres.url", e))?;
+    let target = PgTarget::parse(cfg.postgres_url())?;
+    let pg = &target.config;
     let user = pg.get_user().unwrap_or("postgres").to_string();
     let password = pg
         .get_password()
@@ -32,10 +35,7 @@ pub fn replication_config(cfg: &Config, start: Option<u64>) -> Result<Replicatio
         Some(Host::Unix(p)) => p.to_string_lossy().into_owned(),
         None => "localhost".into(),
     };
-    let tls = match pg.get_ssl_mode() {
-        SslMode::Require => TlsConfig::require(),
-        _ => TlsConfig::disabled(),
-    };
+    let tls = target.replication_tls(&host);
     let start_lsn = Lsn::from_u64(start.unwrap_or(0));
     let rc = ReplicationConfig::new(
         host,

@@ -283,6 +283,41 @@ impl PgCluster {
             .unwrap_or_else(|e| panic!("CREATE ROLE {name}: {e}"));
     }
 
+    /// Turns TLS on with this server certificate chain and key (PEM files, copied into the
+    /// data directory, owned by the server's user, key mode 0600): `ALTER SYSTEM SET ssl = on`,
+    /// `ssl_cert_file`, `ssl_key_file`, then a fast restart (same port). pg_hba's `host` lines
+    /// match TLS and plain connections alike, so authentication is unchanged (SCRAM for every
+    /// role but `postgres`). Certificates can be swapped later with this method again.
+    pub async fn enable_ssl(&mut self, cert_pem: &Path, key_pem: &Path) {
+        let data = self.data_dir();
+        for (src, name, mode) in [
+            (cert_pem, "server.crt", 0o644),
+            (key_pem, "server.key", 0o600),
+        ] {
+            let dst = data.join(name);
+            fs::copy(src, &dst).unwrap_or_else(|e| panic!("copy {src:?} to {dst:?}: {e}"));
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).expect("chmod");
+            if self.run_as_postgres {
+                let (uid, gid) = postgres_ids();
+                std::os::unix::fs::chown(&dst, Some(uid), Some(gid)).expect("chown cert");
+            }
+        }
+        let client = self.client().await;
+        // One statement per call: ALTER SYSTEM refuses an (implicit) transaction block.
+        for sql in [
+            "ALTER SYSTEM SET ssl = on",
+            "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+            "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+        ] {
+            client
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        drop(client);
+        self.restart("fast").await;
+    }
+
     /// Terminates all walsender backends (replication connections); returns how many.
     pub async fn terminate_walsenders(&self) -> i64 {
         let row = self
