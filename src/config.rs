@@ -109,6 +109,9 @@ impl Default for MetricsConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct PostgresConfig {
     /// libpq-style URL or key=value string; used for SQL and replication.
+    /// TLS as in libpq: `sslmode` (disable, prefer, require, verify-ca,
+    /// verify-full), `sslrootcert` (a PEM file or `system`), `sslcert` +
+    /// `sslkey` — see [`crate::source::tls`].
     pub url: Option<String>,
     /// Logical replication slot (pgoutput) the relay owns.
     pub slot: String,
@@ -625,7 +628,10 @@ fn validate_brokers(brokers: &str) -> Result<(), ConfigError> {
             match rest.split_once(']') {
                 Some((_, after)) => after.strip_prefix(':').map(Some).unwrap_or(None),
                 None => {
-                    return Err(ConfigError::new("kafka.brokers", "unclosed '[' in an address"))
+                    return Err(ConfigError::new(
+                        "kafka.brokers",
+                        "unclosed '[' in an address",
+                    ))
                 }
             }
         } else if e.matches(':').count() == 1 {

@@ -5,11 +5,15 @@
 //! broker, the tables, the slot.
 
 mod cli;
+mod config_keys;
 mod core;
 mod dlq;
 mod docs;
+mod faults;
 mod fixture;
 mod janitor;
 mod observability;
+mod odd_data;
+mod security;
 mod sql_files;
 mod support;

@@ -139,7 +139,7 @@ pub fn insert_sql(table: &str) -> String {
 /// What the load generator did.
 pub struct LoadResult {
     /// (row id, µs on the clock when the client saw the commit).
-    pub commits: Vec<(i64, f64)>,
+    pub commits: Timeline,
     pub elapsed_s: f64,
     /// Worst lag behind the schedule (the generator could not keep up).
     pub max_behind_ms: f64,
@@ -212,6 +212,9 @@ pub async fn run_load(
         max_behind_ms: max_behind * 1e3,
     })
 }
+
+/// (id, µs on the clock) per message: commit or send times.
+pub type Timeline = Vec<(i64, f64)>;
 
 /// One consumed message.
 #[derive(Clone, Debug)]
@@ -504,7 +507,10 @@ fn warm_up(p: &ThreadedProducer<AckContext>, topic: &str, pad: usize) -> Result<
     let ctx = p.context();
     let end = Instant::now() + Duration::from_secs(30);
     while ctx.acked.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < WARM_UP {
-        anyhow::ensure!(Instant::now() < end, "bare producer: warm-up not acknowledged");
+        anyhow::ensure!(
+            Instant::now() < end,
+            "bare producer: warm-up not acknowledged"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
@@ -545,7 +551,7 @@ pub fn bare_rate(
     seconds: f64,
     pad: usize,
     clock: Clock,
-) -> Result<(Vec<f64>, Vec<(i64, f64)>)> {
+) -> Result<(Vec<f64>, Timeline)> {
     let n = (rate * seconds).round() as usize;
     let p = bare_producer(bootstrap, n, clock)?;
     p.client()

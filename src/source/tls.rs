@@ -143,8 +143,12 @@ impl PgTarget {
             strip_kv_params(url, &mut params)?
         };
         let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
-            // tokio-postgres names the offending option, never its value.
-            ConfigError::new(KEY, format!("not a valid connection string ({e})"))
+            // tokio-postgres names the offending option (in the error's
+            // source), never its value.
+            let why = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            ConfigError::new(KEY, format!("not a valid connection string ({why})"))
         })?;
         let mut ssl_mode = match params.sslmode.as_deref() {
             // libpq's default.
@@ -642,8 +646,14 @@ mod tests {
     fn modes_and_defaults() {
         let p = |u: &str| PgTarget::parse(u).map(|t| t.ssl_mode);
         assert_eq!(p("postgres://u@h/db").unwrap(), SslMode::Prefer);
-        assert_eq!(p("postgres://u@h/db?sslmode=disable").unwrap(), SslMode::Disable);
-        assert_eq!(p("postgres://u@h/db?sslmode=require").unwrap(), SslMode::Require);
+        assert_eq!(
+            p("postgres://u@h/db?sslmode=disable").unwrap(),
+            SslMode::Disable
+        );
+        assert_eq!(
+            p("postgres://u@h/db?sslmode=require").unwrap(),
+            SslMode::Require
+        );
         assert_eq!(
             p("postgres://u@h/db?sslmode=require&sslrootcert=/ca.pem").unwrap(),
             SslMode::VerifyCa
@@ -664,10 +674,9 @@ mod tests {
 
     #[test]
     fn stream_tls_follows_the_mode() {
-        let t = PgTarget::parse(
-            "postgres://u@127.0.0.1/db?sslmode=verify-full&sslrootcert=/ca.pem",
-        )
-        .unwrap();
+        let t =
+            PgTarget::parse("postgres://u@127.0.0.1/db?sslmode=verify-full&sslrootcert=/ca.pem")
+                .unwrap();
         let tls = t.replication_tls("127.0.0.1");
         assert_eq!(tls.mode, pgwire_replication::SslMode::VerifyFull);
         assert_eq!(tls.ca_pem_path, Some("/ca.pem".into()));
