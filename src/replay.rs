@@ -9,7 +9,7 @@
 //! out of commit order by nature.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio_postgres::Client;
@@ -120,16 +120,7 @@ pub async fn replay(client: &Client, cfg: &Config, id: i64) -> Result<String> {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     meta.commit_text = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-    let tag = Box::new(MsgTag {
-        txn: 0,
-        row_id: id,
-        sent_at: Instant::now(),
-        commit_unix_millis: meta.commit_unix_millis,
-        attempt: 1,
-        first_failure: None,
-        first_error: None,
-        is_dlq: false,
-    });
+    let tag = MsgTag::first(0, id, meta.commit_unix_millis);
     publisher
         .send(&rec, &meta, &topic, tag)
         .map_err(|(e, _)| match e {

@@ -123,6 +123,22 @@ pub struct MsgTag {
     pub is_dlq: bool,
 }
 
+impl MsgTag {
+    /// The tag of a message's first delivery attempt.
+    pub fn first(txn: u64, row_id: i64, commit_unix_millis: i64) -> Box<Self> {
+        Box::new(Self {
+            txn,
+            row_id,
+            sent_at: std::time::Instant::now(),
+            commit_unix_millis,
+            attempt: 1,
+            first_failure: None,
+            first_error: None,
+            is_dlq: false,
+        })
+    }
+}
+
 /// A message the broker refused, copied out of librdkafka so it can be
 /// retried or dead-lettered. Only failures are copied.
 #[derive(Debug, Clone)]
@@ -239,7 +255,13 @@ impl Publisher {
         let producer: ThreadedProducer<ReportingContext> = cc
             .create_with_context(ReportingContext { tx })
             .map_err(|e| match e {
-                KafkaError::ClientConfig(_, msg, key, _) => {
+                KafkaError::ClientConfig(_, msg, key, value) => {
+                    // librdkafka quotes the rejected value; never echo a secret.
+                    let msg = if crate::config::is_secret_property(&key) && !value.is_empty() {
+                        msg.replace(&value, "***")
+                    } else {
+                        msg
+                    };
                     RelayError::Config(ConfigError::new(format!("kafka.properties.{key}"), msg))
                 }
                 KafkaError::ClientCreation(msg) => {
