@@ -54,6 +54,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod janitor;
 pub mod metrics;
+pub mod ports;
 pub mod relay;
 pub mod replay;
 pub mod schema;

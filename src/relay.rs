@@ -28,9 +28,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use pgwire_replication::ReplicationEvent;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::Client;
 
 use crate::backoff::Backoff;
 use crate::checkpoint::{CheckpointStore, PgCheckpointStore};
@@ -40,6 +39,7 @@ use crate::decode::{self, Message, OutboxMapping, OutboxRecord, ResolvedRelation
 use crate::error::{ErrorClass, RelayError, Result};
 use crate::health::SharedHealth;
 use crate::metrics as m;
+use crate::ports::{Bookkeeping, EventStream, MessageSink};
 use crate::sink::classify::kafka_class;
 use crate::sink::message::{format_lsn, TxnMeta};
 use crate::sink::route::{validate_topic, RouteFields, TopicTemplate};
@@ -188,12 +188,12 @@ impl<'a> Session<'a> {
         })
     }
 
-    async fn run(
+    async fn run<S: EventStream, K: MessageSink, B: Bookkeeping>(
         &mut self,
-        mut stream: ReplicationClient,
-        mut publisher: Publisher,
+        mut stream: S,
+        mut publisher: K,
         mut deliveries: mpsc::UnboundedReceiver<Delivery>,
-        store: &PgCheckpointStore,
+        store: &B,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<SessionEnd> {
         let mut tick = tokio::time::interval(self.cfg.relay.checkpoint_interval);
@@ -219,12 +219,12 @@ impl<'a> Session<'a> {
                     Some(d) = deliveries.recv() => self.on_delivery(d)?,
                     _ = tick.tick() => {
                         self.checkpoint(store, &stream).await?;
-                        self.publish_gauges(&publisher);
+                        self.publish_gauges();
                     }
                     _ = tokio::time::sleep_until(next_action.unwrap_or_else(|| Instant::now() + far).into()),
                         if next_action.is_some() => {}
                     _ = tokio::time::sleep_until(next_check.unwrap_or_else(|| Instant::now() + far).into()),
-                        if next_check.is_some() => self.check_blocked(store.client()).await?,
+                        if next_check.is_some() => self.check_blocked(store).await?,
                     ev = stream.recv(), if can_read => {
                         match ev? {
                             Some(ev) => self.on_event(ev, &mut publisher, &mut deliveries).await?,
@@ -240,14 +240,13 @@ impl<'a> Session<'a> {
         match outcome {
             Ok(()) => {
                 self.drain(&mut deliveries, store, &stream).await?;
-                stream.stop();
-                let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
+                stream.close(true).await;
                 Ok(SessionEnd::Stopped)
             }
             Err(e) => {
                 // Whatever is in flight will be replayed from the checkpoint.
                 publisher.purge();
-                stream.abort();
+                stream.close(false).await;
                 Err(e)
             }
         }
@@ -269,11 +268,11 @@ impl<'a> Session<'a> {
 
     /// Graceful stop: stop reading, wait (bounded) for in-flight acks, then
     /// persist and confirm what is durable.
-    async fn drain(
+    async fn drain<S: EventStream, B: Bookkeeping>(
         &mut self,
         deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
-        store: &PgCheckpointStore,
-        stream: &ReplicationClient,
+        store: &B,
+        stream: &S,
     ) -> Result<()> {
         let deadline = Instant::now() + self.cfg.relay.shutdown_timeout;
         tracing::info!(
@@ -427,7 +426,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn run_due_actions(&mut self, publisher: &Publisher) {
+    fn run_due_actions<K: MessageSink>(&mut self, publisher: &K) {
         if self.scheduled.is_empty() {
             return;
         }
@@ -524,14 +523,14 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn check_blocked(&mut self, client: &Client) -> Result<()> {
+    async fn check_blocked<B: Bookkeeping>(&mut self, store: &B) -> Result<()> {
         let Some(b) = self.blocked.as_mut() else {
             return Ok(());
         };
         b.next_check = Instant::now() + b.backoff.next_delay();
         let row_id = b.row_id;
         if let Some(id) = row_id {
-            if !dead_letter::row_exists(client, self.cfg, id).await? {
+            if !store.row_exists(self.cfg, id).await? {
                 if let Some((_, tag)) = b.refused.take() {
                     // Its message will never be acknowledged: release it.
                     self.tracker.acked(tag.txn);
@@ -554,16 +553,15 @@ impl<'a> Session<'a> {
 
     /// Persist the durable position if rows were published since the last
     /// write, then confirm to the slot what is safe to confirm.
-    async fn checkpoint(
+    async fn checkpoint<S: EventStream, B: Bookkeeping>(
         &mut self,
-        store: &PgCheckpointStore,
-        stream: &ReplicationClient,
+        store: &B,
+        stream: &S,
     ) -> Result<()> {
-        let client = store.client();
         if !self.failed_rows.is_empty() {
             // Before the checkpoint that covers them: the janitor must never
             // see a dead-lettered row as PENDING below the checkpoint.
-            dead_letter::mark_failed(client, self.cfg, &self.failed_rows).await?;
+            store.mark_failed(self.cfg, &self.failed_rows).await?;
             self.failed_rows.clear();
         }
         let durable = self.tracker.durable();
@@ -584,7 +582,7 @@ impl<'a> Session<'a> {
                 .blocked
                 .as_ref()
                 .map(|b| (b.row_id.unwrap_or(-1), b.reason.as_str()));
-            dead_letter::record_blocked(client, self.cfg, b).await?;
+            store.record_blocked(self.cfg, b).await?;
             self.blocked_dirty = false;
         }
         // Everything published up to `durable` is persisted; what lies between
@@ -596,13 +594,13 @@ impl<'a> Session<'a> {
             self.persisted
         };
         if safe > self.confirmed {
-            stream.update_applied_lsn(Lsn::from_u64(safe));
+            stream.confirm(safe);
             self.confirmed = safe;
         }
         Ok(())
     }
 
-    fn publish_gauges(&mut self, publisher: &Publisher) {
+    fn publish_gauges(&mut self) {
         for (topic, n) in self.published.iter_mut() {
             if *n > 0 {
                 metrics::counter!(m::EVENTS_PUBLISHED, "topic" => topic.clone()).increment(*n);
@@ -622,15 +620,14 @@ impl<'a> Session<'a> {
             .max(self.confirmed);
         metrics::gauge!(m::LAG_BYTES).set(self.server_wal_end.saturating_sub(position) as f64);
         metrics::gauge!(m::HEARTBEAT_AGE).set(self.last_activity.elapsed().as_secs_f64());
-        let _ = publisher;
     }
 
     // ---- replication events -------------------------------------------------
 
-    async fn on_event(
+    async fn on_event<K: MessageSink>(
         &mut self,
         ev: ReplicationEvent,
-        publisher: &mut Publisher,
+        publisher: &mut K,
         deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
         match ev {
@@ -694,10 +691,10 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    async fn on_data(
+    async fn on_data<K: MessageSink>(
         &mut self,
         data: &bytes::Bytes,
-        publisher: &mut Publisher,
+        publisher: &mut K,
         deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
         match decode::parse(data)? {
@@ -828,18 +825,18 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    async fn enqueue_record(
+    async fn enqueue_record<K: MessageSink>(
         &mut self,
         rec: &OutboxRecord,
         meta: &TxnMeta,
         topic: &str,
         seq: u64,
-        publisher: &Publisher,
+        publisher: &K,
         deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
         let mut tag = MsgTag::first(seq, rec.id, meta.commit_unix_millis);
         loop {
-            match publisher.send(rec, meta, topic, tag) {
+            match publisher.send_record(rec, meta, topic, tag) {
                 Ok(()) => break,
                 Err((SendError::QueueFull, t)) => {
                     // librdkafka's own queue is full: wait for one report,
@@ -878,3 +875,7 @@ fn unix_millis(t: SystemTime) -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;
