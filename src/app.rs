@@ -144,8 +144,10 @@ async fn supervise(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut backoff = Backoff::new(cfg.relay.backoff_initial, cfg.relay.backoff_max);
+    // Kept across sessions: the permanent-refusal ledger lives here.
+    let mut stats = SessionStats::default();
     loop {
-        let mut stats = SessionStats::default();
+        let acked_before = stats.acked;
         let outcome = relay::run_session(cfg, health, &mut shutdown, &mut stats).await;
         match outcome {
             Ok(relay::SessionEnd::Stopped) => return Ok(()),
@@ -154,7 +156,7 @@ async fn supervise(
                 if class == ErrorClass::Fatal {
                     return Err(e);
                 }
-                if stats.acked > 0 {
+                if stats.acked > acked_before {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();

@@ -58,13 +58,32 @@ pub enum SessionEnd {
     Stopped,
 }
 
-/// What a session achieved, kept across its end for the supervisor.
+/// What sessions achieved, kept by the supervisor across session restarts.
 #[derive(Debug, Default, Clone)]
 pub struct SessionStats {
-    /// Messages acknowledged by the broker in this session.
+    /// Messages acknowledged by the broker (all sessions).
     pub acked: u64,
-    /// Highest checkpoint persisted in this session.
+    /// Highest checkpoint persisted.
     pub persisted: u64,
+    /// Rows the broker refused permanently, with their attempts so far. A
+    /// refusal ends the session and the row is re-sent in order on replay;
+    /// once it reaches `relay.max-retry` attempts it is dead-lettered (or
+    /// blocks). Kept across sessions for exactly that count.
+    pub refusals: HashMap<i64, Refusal>,
+}
+
+/// A row's permanent refusals so far.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Attempts refused.
+    pub attempts: u32,
+    /// When the first one failed.
+    pub first_failure: SystemTime,
+    /// The latest error, for the DLQ headers.
+    pub error: String,
+    /// The value (or the whole message) was too large: leave it out of the
+    /// DLQ copy.
+    pub too_large: bool,
 }
 
 /// The transaction currently being received.
@@ -306,6 +325,7 @@ impl<'a> Session<'a> {
             Ok(topic) => {
                 if tag.is_dlq {
                     metrics::counter!(m::DLQ_TOTAL).increment(1);
+                    self.stats.refusals.remove(&tag.row_id);
                     if tag.row_id != 0 {
                         let attempts = i32::try_from(tag.attempt).unwrap_or(i32::MAX);
                         self.failed_rows.push((tag.row_id, attempts));
@@ -351,10 +371,7 @@ impl<'a> Session<'a> {
                     ));
                 }
                 match class {
-                    ErrorClass::Permanent => {
-                        self.on_permanent_refusal(failed, tag);
-                        Ok(())
-                    }
+                    ErrorClass::Permanent => self.on_permanent_refusal(failed, tag),
                     _ => Err(RelayError::kafka(
                         format!(
                             "delivery of outbox row id={} failed; replaying from the durable checkpoint",
@@ -367,41 +384,76 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The broker refused a message for a reason retrying will not fix:
-    /// retry up to `relay.max-retry` attempts with backoff, then dead-letter
-    /// (or block).
-    fn on_permanent_refusal(&mut self, failed: Box<FailedMessage>, mut tag: Box<MsgTag>) {
-        let err_text = failed.error.to_string();
-        tag.first_failure.get_or_insert_with(SystemTime::now);
-        tag.first_error.get_or_insert_with(|| err_text.clone());
-        tracing::warn!(row_id = tag.row_id, attempt = tag.attempt, topic = %failed.topic, error = %err_text, "broker refused outbox row");
-        if tag.attempt < self.cfg.relay.max_retry {
+    /// Count a permanent refusal of `row_id`; true when its attempts are
+    /// spent (dead-letter or block now).
+    fn count_refusal(
+        &mut self,
+        row_id: i64,
+        error: &rdkafka::error::KafkaError,
+    ) -> (bool, Refusal) {
+        let r = self
+            .stats
+            .refusals
+            .entry(row_id)
+            .or_insert_with(|| Refusal {
+                attempts: 0,
+                first_failure: SystemTime::now(),
+                error: String::new(),
+                too_large: false,
+            });
+        r.attempts += 1;
+        r.error = error.to_string();
+        r.too_large |= value_was_the_problem(error);
+        (r.attempts >= self.cfg.relay.max_retry, r.clone())
+    }
+
+    /// The broker refused a message for a reason retrying will not fix.
+    ///
+    /// Until `relay.max-retry` attempts are spent, the refusal ends the
+    /// session: the supervisor backs off and replays from the checkpoint, so
+    /// the row is sent again *in order* (retrying it alone while later rows
+    /// flow would reorder them; a refusal can also hit innocent rows of the
+    /// same request). Then it is dead-lettered, or blocks.
+    fn on_permanent_refusal(&mut self, failed: Box<FailedMessage>, tag: Box<MsgTag>) -> Result<()> {
+        let (spent, refusal) = self.count_refusal(tag.row_id, &failed.error);
+        tracing::warn!(row_id = tag.row_id, attempt = refusal.attempts, topic = %failed.topic, error = %refusal.error, "broker refused outbox row");
+        if !spent {
             metrics::counter!(m::RETRIES, "reason" => "permanent").increment(1);
-            let mut b = Backoff::new(self.cfg.relay.backoff_initial, self.cfg.relay.backoff_max);
-            let mut delay = b.next_delay();
-            for _ in 1..tag.attempt {
-                delay = b.next_delay();
-            }
-            self.scheduled
-                .push((Instant::now() + delay, Action::Resend(failed, tag)));
-            return;
+            return Err(RelayError::kafka(
+                format!(
+                    "broker refused outbox row id={} (attempt {}/{}); replaying from the durable checkpoint",
+                    tag.row_id, refusal.attempts, self.cfg.relay.max_retry
+                ),
+                failed.error,
+            ));
         }
+        self.dead_letter_or_block(failed, tag, &refusal);
+        Ok(())
+    }
+
+    /// A row's attempts are spent: send its DLQ copy, or block on it.
+    fn dead_letter_or_block(
+        &mut self,
+        failed: Box<FailedMessage>,
+        mut tag: Box<MsgTag>,
+        refusal: &Refusal,
+    ) {
+        tag.attempt = refusal.attempts;
+        tag.first_failure = Some(refusal.first_failure);
         match self.cfg.relay.on_permanent_error {
             OnPermanentError::Dlq => {
-                let reason = Reason {
-                    class: "permanent",
-                    message: err_text,
-                    original_topic: failed.topic.clone(),
-                    attempts: tag.attempt,
-                    first_failure: tag.first_failure.unwrap_or_else(SystemTime::now),
-                    drop_value: value_was_the_problem(&failed.error),
-                };
+                let reason = refusal_reason(refusal, failed.topic.clone());
                 let FailedMessage {
                     key,
                     payload,
                     headers,
                     ..
                 } = *failed;
+                let headers = if refusal.too_large {
+                    relay_headers_only(headers)
+                } else {
+                    headers
+                };
                 let dl = dead_letter::from_failed(
                     tag.row_id,
                     key,
@@ -414,13 +466,16 @@ impl<'a> Session<'a> {
                     is_dlq: true,
                     ..(*tag).clone()
                 });
-                self.scheduled
-                    .push((Instant::now(), Action::DeadLetter(dl, dtag)));
                 // The original message's slot in the tracker is released when
                 // its DLQ copy (same txn tag) is acknowledged.
+                self.scheduled
+                    .push((Instant::now(), Action::DeadLetter(dl, dtag)));
             }
             OnPermanentError::Block => {
-                let reason = format!("broker refused it {} times: {err_text}", tag.attempt);
+                let reason = format!(
+                    "broker refused it {} times: {}",
+                    refusal.attempts, refusal.error
+                );
                 self.block(Some(tag.row_id), reason, Some((failed, tag)));
             }
         }
@@ -835,6 +890,19 @@ impl<'a> Session<'a> {
         deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
         let mut tag = MsgTag::first(seq, rec.id, meta.commit_unix_millis);
+        if let Some(r) = self
+            .stats
+            .refusals
+            .get(&rec.id)
+            .filter(|r| r.attempts >= self.cfg.relay.max_retry)
+        {
+            // Spent in an earlier session whose DLQ write was not acked.
+            let r = r.clone();
+            let failed = failed_from_record(rec, meta, topic, rdkafka::error::KafkaError::Canceled);
+            self.tracker.sent(seq);
+            self.dead_letter_or_block(failed, tag, &r);
+            return Ok(());
+        }
         loop {
             match publisher.send_record(rec, meta, topic, tag) {
                 Ok(()) => break,
@@ -846,6 +914,13 @@ impl<'a> Session<'a> {
                         Some(d) => self.on_delivery(d)?,
                         None => tokio::time::sleep(Duration::from_millis(1)).await,
                     }
+                }
+                Err((SendError::Kafka(e), t)) if kafka_class(&e) == ErrorClass::Permanent => {
+                    // librdkafka refused it locally (e.g. over
+                    // message.max.bytes): same path as a broker refusal.
+                    self.tracker.sent(seq);
+                    let failed = failed_from_record(rec, meta, topic, e);
+                    return self.on_permanent_refusal(failed, t);
                 }
                 Err((SendError::Kafka(e), _)) => {
                     return Err(RelayError::kafka(
@@ -866,8 +941,49 @@ fn value_was_the_problem(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::error::RDKafkaErrorCode as C;
     matches!(
         e.rdkafka_error_code(),
-        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord | C::InvalidMessage)
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage)
     )
+}
+
+/// The DLQ reason for a row whose refusals are spent.
+fn refusal_reason(r: &Refusal, original_topic: String) -> Reason {
+    Reason {
+        class: "permanent",
+        message: r.error.clone(),
+        original_topic,
+        attempts: r.attempts,
+        first_failure: r.first_failure,
+        drop_value: r.too_large,
+    }
+}
+
+/// A record as the producer would have sent it, for the refusal paths.
+fn failed_from_record(
+    rec: &OutboxRecord,
+    meta: &TxnMeta,
+    topic: &str,
+    error: rdkafka::error::KafkaError,
+) -> Box<FailedMessage> {
+    use rdkafka::message::Headers;
+    Box::new(FailedMessage {
+        error,
+        topic: topic.to_string(),
+        key: Some(rec.aggregate_id.as_bytes().to_vec()),
+        payload: Some(rec.payload.to_vec()),
+        headers: crate::sink::message::headers(rec, meta)
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+            .collect(),
+    })
+}
+
+/// When the message was too large, the DLQ copy keeps only the relay's own
+/// headers (the row's may be what made it too large).
+fn relay_headers_only(headers: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    headers
+        .into_iter()
+        .take(crate::sink::message::RELAY_HEADER_COUNT)
+        .collect()
 }
 
 fn unix_millis(t: SystemTime) -> i64 {

@@ -245,13 +245,29 @@ where
     F: FnOnce(Rig) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let mut stats = SessionStats::default();
+    with_session_stats(cfg, resume, &mut stats, FakeBook::default(), script).await
+}
+
+/// [`with_session`] continuing `stats` (the supervisor's state across
+/// sessions) and `book` (the database).
+async fn with_session_stats<F, Fut>(
+    cfg: Config,
+    resume: u64,
+    stats: &mut SessionStats,
+    book: FakeBook,
+    script: F,
+) -> Result<SessionEnd>
+where
+    F: FnOnce(Rig) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (rep_tx, rep_rx) = mpsc::unbounded_channel();
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let confirmed = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicUsize::new(0));
     let sink = FakeSink::default();
-    let book = FakeBook::default();
     if resume > 0 {
         book.store.save(resume).await.unwrap();
     }
@@ -269,9 +285,7 @@ where
         reads,
         stop: stop_tx,
     };
-    let mut stats = SessionStats::default();
-    let mut session =
-        Session::new(&cfg, crate::health::Health::shared(), resume, &mut stats).unwrap();
+    let mut session = Session::new(&cfg, crate::health::Health::shared(), resume, stats).unwrap();
     let run = session.run(stream, sink, rep_rx, &book, &mut stop_rx);
     let drive = async move {
         script(rig).await;
@@ -374,32 +388,60 @@ async fn a_bad_topic_is_dead_lettered_marked_failed_before_the_checkpoint() {
 }
 
 #[tokio::test]
-async fn broker_refusals_are_retried_then_dead_lettered() {
+async fn broker_refusals_replay_in_order_then_dead_letter() {
     let mut cfg = config();
     cfg.relay.max_retry = 3;
-    with_session(cfg, 0, |rig| async move {
+    let mut stats = SessionStats::default();
+    let book = FakeBook::default();
+    // Attempts 1 and 2: the refusal ends the session; the next one replays
+    // the transaction from the checkpoint, row 7 first, row 8 after it.
+    for attempt in 1..=2u32 {
+        let res = with_session_stats(cfg.clone(), 0, &mut stats, book.clone(), |rig| async move {
+            rig.relation();
+            rig.txn(100, &[7, 8]);
+            rig.until("two sends", |r| r.sent().len() == 2).await;
+            let ids: Vec<i64> = rig.sent().iter().map(|s| s.tag.row_id).collect();
+            assert_eq!(ids, vec![7, 8], "replayed in order");
+            rig.refuse(0, RDKafkaErrorCode::TopicAuthorizationFailed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        let err = res.expect_err("a refusal with attempts left ends the session");
+        assert_eq!(err.class(), crate::error::ErrorClass::Permanent);
+        assert_eq!(stats.refusals[&7].attempts, attempt);
+    }
+    // Attempt 3: spent, dead-lettered; row 8 still goes to its topic.
+    with_session_stats(cfg, 0, &mut stats, book.clone(), |rig| async move {
         rig.relation();
-        rig.txn(100, &[7]);
-        for attempt in 1..=3 {
-            rig.until("an attempt", |r| r.sent().len() == attempt).await;
-            assert_eq!(rig.sent()[attempt - 1].tag.attempt, attempt as u32);
-            assert!(!rig.sent()[attempt - 1].tag.is_dlq);
-            rig.refuse(attempt - 1, RDKafkaErrorCode::TopicAuthorizationFailed);
-        }
-        rig.until("the DLQ copy", |r| r.sent().len() == 4).await;
-        let dlq = &rig.sent()[3];
+        rig.txn(100, &[7, 8]);
+        rig.until("two sends", |r| r.sent().len() == 2).await;
+        rig.refuse(0, RDKafkaErrorCode::TopicAuthorizationFailed);
+        rig.until("the DLQ copy", |r| r.sent().len() == 3).await;
+        let dlq = &rig.sent()[2];
         assert!(dlq.tag.is_dlq);
+        assert_eq!(dlq.tag.row_id, 7);
         assert!(dlq
             .headers
             .iter()
             .any(|(k, v)| k == "dlq.attempts" && v == b"3"));
+        rig.ack(1);
+        tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(rig.saved(), 0, "not durable until the DLQ copy is acked");
-        rig.ack(3);
+        rig.ack(2);
         rig.until("durable", |r| r.saved() == 108).await;
         stop(rig).await;
     })
     .await
     .unwrap();
+    assert!(
+        stats.refusals.is_empty(),
+        "the ledger forgets a row once its DLQ copy is acked"
+    );
+    assert!(book
+        .log
+        .lock()
+        .unwrap()
+        .contains(&"failed [(7, 3)]".to_string()));
 }
 
 #[tokio::test]

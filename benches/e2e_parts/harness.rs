@@ -25,7 +25,8 @@ pub fn relay_bin() -> PathBuf {
 }
 
 /// Write a relay configuration: defaults everywhere except connections,
-/// the metrics port and whatever `extra` (TOML) adds.
+/// the metrics port and whatever `extra` (TOML, merged key by key, so it
+/// may have its own `[kafka]` section) adds.
 pub fn write_config(
     path: &Path,
     pg_url: &str,
@@ -33,11 +34,26 @@ pub fn write_config(
     metrics_port: u16,
     extra: &str,
 ) -> Result<()> {
-    let toml = format!(
+    let base = format!(
         "[postgres]\nurl = \"{pg_url}\"\n\n[kafka]\nbrokers = \"{brokers}\"\n\n\
-         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{extra}\n"
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
     );
-    std::fs::write(path, toml).with_context(|| format!("write {}", path.display()))
+    let mut table: toml::Table = toml::from_str(&base)?;
+    let extra: toml::Table = toml::from_str(extra).context("--relay-toml is not valid TOML")?;
+    merge(&mut table, extra);
+    std::fs::write(path, toml::to_string(&table)?)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
 }
 
 /// `outbox-relay --config FILE init`.
@@ -61,6 +77,8 @@ pub fn relay_init(config: &Path) -> Result<()> {
 /// A running `outbox-relay run`.
 pub struct Relay {
     child: Option<Child>,
+    /// `perf record` attached to the relay when `E2E_PERF=DIR` is set.
+    perf: Option<Child>,
     pub log: PathBuf,
     pub metrics_port: u16,
 }
@@ -82,11 +100,37 @@ impl Relay {
             .stderr(Stdio::from(file))
             .spawn()
             .context("spawn outbox-relay run")?;
+        // Profiling: E2E_PERF=/some/dir records the whole machine (relay,
+        // its librdkafka threads, walsender, broker) with `perf record -a -g`
+        // while this relay runs, into DIR/<log name>.perf.data; then e.g.
+        // `perf report -i FILE --sort comm,dso`.
+        let perf = std::env::var_os("E2E_PERF").and_then(|dir| {
+            let name = log.file_stem()?.to_string_lossy().into_owned();
+            let out = PathBuf::from(dir).join(format!("{name}.perf.data"));
+            Command::new("perf")
+                .args(["record", "-a", "-F", "499", "-g", "-o"])
+                .arg(&out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| eprintln!("[e2e] perf record failed to start: {e}"))
+                .ok()
+        });
         Ok(Relay {
             child: Some(child),
+            perf,
             log,
             metrics_port,
         })
+    }
+
+    fn stop_perf(&mut self) {
+        if let Some(mut p) = self.perf.take() {
+            unsafe {
+                libc::kill(p.id() as i32, libc::SIGINT);
+            }
+            let _ = p.wait();
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -109,6 +153,7 @@ impl Relay {
 
     /// SIGTERM and wait; SIGKILL after `deadline`.
     pub fn stop(&mut self, deadline: Duration) {
+        self.stop_perf();
         let Some(mut c) = self.child.take() else {
             return;
         };
@@ -130,6 +175,7 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        self.stop_perf();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -157,6 +203,70 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some(ticks as f64 / hz)
+}
+
+/// Busy and total jiffies of the whole machine (/proc/stat).
+pub fn machine_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Machine CPU and a few processes' CPU over one phase.
+pub struct PhaseCpu {
+    start: (u64, u64),
+    procs: Vec<(String, u32, f64)>,
+}
+
+impl PhaseCpu {
+    pub fn start(procs: &[(&str, u32)]) -> PhaseCpu {
+        PhaseCpu {
+            start: machine_jiffies(),
+            procs: procs
+                .iter()
+                .filter_map(|(n, pid)| Some((n.to_string(), *pid, cpu_secs(*pid)?)))
+                .collect(),
+        }
+    }
+
+    /// `machine busy %` (of all cores) and CPU seconds per process.
+    pub fn finish(&self) -> Value {
+        let (b, t) = machine_jiffies();
+        let busy = (b - self.start.0) as f64 / (t - self.start.1).max(1) as f64 * 100.0;
+        let mut m = serde_json::Map::new();
+        m.insert("machine_busy_pct".into(), json!(r3(busy)));
+        for (n, pid, c0) in &self.procs {
+            if let Some(c) = cpu_secs(*pid) {
+                m.insert(format!("{n}_cpu_s"), json!(r3(c - c0)));
+            }
+        }
+        Value::Object(m)
+    }
+}
+
+/// `busy 87% · broker 3.1 s` for the table.
+pub fn cpu_cell(v: &Value) -> String {
+    let mut parts = vec![format!(
+        "machine busy {:.0}%",
+        v["machine_busy_pct"].as_f64().unwrap_or(0.0)
+    )];
+    if let Some(m) = v.as_object() {
+        for (k, x) in m {
+            if let Some(n) = k.strip_suffix("_cpu_s") {
+                parts.push(format!("{n} {:.1} s", x.as_f64().unwrap_or(0.0)));
+            }
+        }
+    }
+    parts.join(", ")
 }
 
 /// Peak RSS and CPU of a process, sampled while a phase runs.
@@ -359,6 +469,8 @@ pub struct Statements {
     pub total: i64,
     /// (calls, query) sorted by calls, descending.
     pub by_query: Vec<(i64, String)>,
+    /// Server time spent executing the checkpoint writes, ms.
+    pub checkpoint_exec_ms: f64,
 }
 
 impl Statements {
@@ -371,14 +483,22 @@ impl Statements {
     pub async fn of_role(c: &Client, role: &str) -> Statements {
         let rows = c
             .query(
-                "SELECT s.calls, s.query FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid \
-                 WHERE r.rolname = $1 ORDER BY s.calls DESC",
+                "SELECT s.calls, s.query, s.total_exec_time FROM pg_stat_statements s \
+                 JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1 ORDER BY s.calls DESC",
                 &[&role],
             )
             .await;
         match rows {
             Err(_) => Statements::default(),
             Ok(rows) => {
+                let checkpoint_exec_ms = rows
+                    .iter()
+                    .filter(|r| {
+                        let q: String = r.get(1);
+                        q.starts_with("INSERT") && q.contains("outbox_relay_checkpoint")
+                    })
+                    .map(|r| r.get::<_, f64>(2))
+                    .sum();
                 let by_query: Vec<(i64, String)> = rows
                     .iter()
                     .map(|r| {
@@ -389,6 +509,7 @@ impl Statements {
                     .collect();
                 Statements {
                     available: true,
+                    checkpoint_exec_ms,
                     total: by_query.iter().map(|x| x.0).sum(),
                     by_query,
                 }
@@ -414,6 +535,7 @@ impl Statements {
             "total": self.total,
             "per_event": self.total as f64 / ev,
             "checkpoint_writes": self.checkpoint_writes(),
+            "checkpoint_exec_ms": self.checkpoint_exec_ms,
             "other_per_event": (self.total - self.checkpoint_writes()) as f64 / ev,
             "per_second": self.total as f64 / seconds.max(1e-9),
             "top": self.by_query.iter().take(8).map(|(c, q)| json!({"calls": c, "query": q})).collect::<Vec<_>>(),

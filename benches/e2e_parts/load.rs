@@ -386,6 +386,24 @@ pub fn commit_to_receive(
     (Dist::of_us(client), Dist::of_us(header), missing)
 }
 
+/// Latency from each `start` (id, µs) to the matching `end` (first per id);
+/// returns the distribution and how many starts had no end.
+pub fn match_latency(start: &[(i64, f64)], end: &[(i64, f64)]) -> (Option<Dist>, usize) {
+    let mut first: HashMap<i64, f64> = HashMap::with_capacity(end.len());
+    for (id, t) in end {
+        first.entry(*id).or_insert(*t);
+    }
+    let mut v = Vec::with_capacity(start.len());
+    let mut missing = 0;
+    for (id, t) in start {
+        match first.get(id) {
+            Some(e) => v.push(e - t),
+            None => missing += 1,
+        }
+    }
+    (Dist::of_us(v), missing)
+}
+
 /// The relay's producer configuration, for the bare producers.
 pub fn producer_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();

@@ -14,16 +14,21 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::watch;
 
-use crate::load::{producer_config, TRACEPARENT};
+use futures::FutureExt;
+
+use crate::load::{producer_config, Clock, TRACEPARENT};
 
 #[derive(Default, Debug, Clone)]
 pub struct PollStats {
     pub polls: u64,
     pub batches: u64,
     pub events: u64,
+    /// (row id, µs on the clock when the broker acknowledged it).
+    pub acks: Vec<(i64, f64)>,
 }
 
 /// Poll `table` until `stop` turns true.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_poller(
     url: &str,
     table: &str,
@@ -31,6 +36,7 @@ pub async fn run_poller(
     topic: &str,
     interval: Duration,
     batch: i64,
+    clock: Clock,
     mut stop: watch::Receiver<bool>,
 ) -> Result<PollStats> {
     let mut client = crate::support::postgres::connect(url)
@@ -110,12 +116,12 @@ pub async fn run_poller(
                 let fut = producer
                     .send_result(rec)
                     .map_err(|(e, _)| anyhow::anyhow!("poller enqueue: {e}"))?;
-                acks.push(fut);
+                acks.push(fut.map(move |r| (r, id, clock.now_us())));
                 ids.push(id);
             }
-            for a in futures::future::join_all(acks).await {
+            for (a, id, at) in futures::future::join_all(acks).await {
                 match a {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => stats.acks.push((id, at)),
                     Ok(Err((e, _))) => anyhow::bail!("poller delivery failed: {e}"),
                     Err(_) => anyhow::bail!("poller delivery cancelled"),
                 }

@@ -62,6 +62,9 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((hi << 32) | lo)
 }
 
+/// How many headers the relay itself sets before the row's own.
+pub const RELAY_HEADER_COUNT: usize = 6;
+
 /// Build the header set for one record.
 pub fn headers(rec: &OutboxRecord, meta: &TxnMeta) -> OwnedHeaders {
     let id = rec.id.to_string();

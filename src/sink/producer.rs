@@ -37,6 +37,11 @@ const PINNED: &[(&str, &str)] = &[
 /// `kafka.max-in-flight` is the bound that bites, not librdkafka's.
 const DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "1"),
+    // A new session's producer must get its producer id at once: connect to
+    // every broker up front instead of on demand, and keep reconnect
+    // backoff short so recovery after an outage takes well under a second.
+    ("enable.sparse.connections", "false"),
+    ("reconnect.backoff.max.ms", "1000"),
     ("queue.buffering.max.messages", "1000000"),
     ("message.timeout.ms", "300000"),
     ("socket.keepalive.enable", "true"),

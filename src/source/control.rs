@@ -130,6 +130,19 @@ async fn slot_exists(client: &Client, slot: &str) -> Result<bool> {
 /// Startup checks for `run`: the slot and publication exist and the
 /// publication covers the outbox table with inserts.
 pub async fn preflight(client: &Client, cfg: &Config) -> Result<()> {
+    // The replication stream is decoded as UTF-8 (the walsender converts to
+    // it and refuses rows it cannot convert, which would wedge the stream at
+    // that row forever): refuse other server encodings up front.
+    let enc: String = client
+        .query_one("SELECT current_setting('server_encoding')", &[])
+        .await
+        .map_err(|e| RelayError::postgres("reading server_encoding", e))?
+        .get(0);
+    if enc != "UTF8" {
+        return Err(RelayError::Environment(format!(
+            "database encoding is {enc}; outbox-relay needs a UTF8 database (postgres.url)"
+        )));
+    }
     let slot = &cfg.postgres.slot;
     if !slot_exists(client, slot).await? {
         return Err(RelayError::Environment(format!(
