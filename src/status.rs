@@ -65,6 +65,10 @@ pub struct Checkpoint {
     pub updated_at: String,
     /// Seconds since then.
     pub age_seconds: f64,
+    /// Row blocking the stream (`relay.on-permanent-error = "block"`).
+    pub blocked_row_id: Option<i64>,
+    /// Why it blocks.
+    pub blocked_reason: Option<String>,
 }
 
 /// Replication lag.
@@ -131,7 +135,7 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
     let ckpt_table = cfg.checkpoint_table();
     let ckpt_sql = format!(
         "SELECT lsn::text, to_char(updated_at AT TIME ZONE 'UTC', '{RFC3339}'), \
-                extract(epoch FROM now() - updated_at)::float8 \
+                extract(epoch FROM now() - updated_at)::float8, blocked_row_id, blocked_reason \
          FROM {}.{} WHERE slot_name = $1",
         ckpt_table.schema, ckpt_table.name
     );
@@ -145,6 +149,8 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
             lsn: r.get(0),
             updated_at: r.get(1),
             age_seconds: r.get(2),
+            blocked_row_id: r.get(3),
+            blocked_reason: r.get(4),
         });
 
     let handled = [
@@ -281,6 +287,12 @@ pub fn render_table(s: &Status) -> String {
             None => "none yet".to_string(),
         },
     );
+    if let Some((id, reason)) = s.checkpoint.as_ref().and_then(|c| {
+        c.blocked_row_id
+            .map(|id| (id, c.blocked_reason.clone().unwrap_or_default()))
+    }) {
+        row("BLOCKED at row", format!("id={id}: {reason}"));
+    }
     row(
         "lag bytes",
         s.lag

@@ -247,6 +247,13 @@ async fn block_mode_stalls_at_the_bad_row_until_it_is_deleted() {
         good[..5].to_vec(),
         "nothing past the bad row"
     );
+    let status = env.relay_command(&["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(
+        status["checkpoint"]["blocked_row_id"],
+        serde_json::json!(bad),
+        "{status}"
+    );
     let scrape = reqwest_metrics(env.metrics_port).await;
     assert!(
         scrape.contains(&format!("outbox_relay_blocked_row_id {bad}")),
