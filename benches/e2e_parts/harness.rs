@@ -379,9 +379,22 @@ pub fn metric_quantiles(text: &str, name: &str) -> Option<Value> {
             }
             None
         };
+        // Exact, unlike the interpolated quantiles: the share of samples at
+        // or below each bucket bound.
+        let within: serde_json::Map<String, Value> = b
+            .iter()
+            .filter(|(le, _)| le.is_finite() && *le <= 0.1)
+            .map(|(le, c)| {
+                (
+                    format!("{}", r3(le * 1e3)),
+                    json!(r3(c / total.max(1.0) * 100.0)),
+                )
+            })
+            .collect();
         return Some(
             json!({"kind": "histogram", "count": total, "mean_ms": mean_ms,
-            "p50_ms": q(0.5).map(r3), "p95_ms": q(0.95).map(r3), "p99_ms": q(0.99).map(r3)}),
+            "p50_ms": q(0.5).map(r3), "p95_ms": q(0.95).map(r3), "p99_ms": q(0.99).map(r3),
+            "pct_within_ms": within}),
         );
     }
     let mut qs = BTreeMap::new();
@@ -541,6 +554,32 @@ impl Statements {
             "top": self.by_query.iter().take(8).map(|(c, q)| json!({"calls": c, "query": q})).collect::<Vec<_>>(),
         })
     }
+}
+
+/// Other work on the machine that would skew the numbers: processes of
+/// `cargo test` / `cargo build` runs and test binaries (debug builds), and
+/// the 1-minute load average.
+pub fn foreign_activity() -> Value {
+    let mut n = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("cargo test")
+                || cmd.contains("cargo build")
+                || cmd.contains("/debug/deps/")
+                || cmd.contains("rustc ")
+            {
+                n += 1;
+            }
+        }
+    }
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok());
+    json!({"build_or_test_processes": n, "loadavg_1m": load})
 }
 
 /// Machine facts for the report.

@@ -54,6 +54,9 @@ impl Clock {
 /// Latency distribution in milliseconds.
 #[derive(Clone, Debug)]
 pub struct Dist {
+    /// % of samples at or below 0.5, 1, 2.5, 5, 10, 25, 50, 100 ms (the
+    /// relay's histogram bounds, for exact comparisons with it).
+    pub within: Vec<(f64, f64)>,
     pub n: usize,
     pub mean: f64,
     pub p50: f64,
@@ -70,7 +73,15 @@ impl Dist {
         }
         v.sort_by(f64::total_cmp);
         let q = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] / 1e3;
+        let within = [0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0]
+            .iter()
+            .map(|&b| {
+                let k = v.partition_point(|x| *x <= b * 1e3);
+                (b, k as f64 / v.len() as f64 * 100.0)
+            })
+            .collect();
         Some(Dist {
+            within,
             n: v.len(),
             mean: v.iter().sum::<f64>() / v.len() as f64 / 1e3,
             p50: q(0.50),
@@ -81,7 +92,7 @@ impl Dist {
     }
 
     pub fn json(&self) -> Value {
-        json!({"n": self.n, "mean_ms": r3(self.mean), "p50_ms": r3(self.p50), "p95_ms": r3(self.p95),
+        json!({"n": self.n, "pct_within_ms": self.within.iter().map(|(b, p)| (b.to_string(), json!(r3(*p)))).collect::<serde_json::Map<_, _>>(), "mean_ms": r3(self.mean), "p50_ms": r3(self.p50), "p95_ms": r3(self.p95),
                "p99_ms": r3(self.p99), "max_ms": r3(self.max)})
     }
 
@@ -235,6 +246,11 @@ pub struct ConsumerHandle {
 impl ConsumerHandle {
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Shared count of messages received so far.
+    pub fn counter(&self) -> Arc<AtomicUsize> {
+        self.count.clone()
     }
 
     /// Wait until `n` messages arrived or `deadline` passed.
@@ -569,12 +585,18 @@ pub fn bare_rate(
     seconds: f64,
     pad: usize,
     clock: Clock,
+    consumed: &AtomicUsize,
 ) -> Result<(Vec<f64>, Timeline)> {
     let n = (rate * seconds).round() as usize;
     let p = bare_producer(bootstrap, n, clock)?;
     p.client()
         .fetch_metadata(Some(topic), Duration::from_secs(10))?;
     warm_up(&p, topic, pad)?;
+    // The consumer has its fetch positions once the warm-up arrived.
+    let end = Instant::now() + Duration::from_secs(30);
+    while consumed.load(Ordering::Relaxed) < WARM_UP as usize && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut sent = Vec::with_capacity(n);
     let start = Instant::now() + Duration::from_millis(100);
     for i in 0..n {
