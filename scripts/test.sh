@@ -13,4 +13,13 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 TEST_THREADS="${RUST_TEST_THREADS:-2}"
 
 bash scripts/setup.sh
-cargo test --all-targets -- --test-threads="$TEST_THREADS" "$@"
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+set +e
+cargo test --all-targets -- --test-threads="$TEST_THREADS" "$@" 2>&1 | tee "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (unit, integration, benches in test mode).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$LOG"
+exit "$status"
