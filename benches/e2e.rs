@@ -919,15 +919,10 @@ async fn memory(env: &mut Env, rep: &mut Report) -> Result<()> {
         .await
         .context("big transaction")?;
     let insert_s = t.elapsed().as_secs_f64();
-    let end = harness::insert_lsn(&env.ctl).await?;
     let t = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while harness::checkpoint_lsn(&env.ctl).await? < end.saturating_sub(64) {
-        relay.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("relay did not checkpoint the big transaction within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let (end, ok) = wait_relayed(env, &mut relay, "big", Duration::from_secs(300)).await?;
+    if !ok {
+        bail!("relay did not checkpoint the big transaction within 300 s");
     }
     let relay_s = t.elapsed().as_secs_f64();
     let sample = sampler.finish();
@@ -1022,6 +1017,7 @@ async fn relay_steady(
         env,
         &mut relay,
         consumer.as_ref(),
+        agg,
         warm,
         Duration::from_secs(30),
     )
@@ -1047,6 +1043,7 @@ async fn relay_steady(
         env,
         &mut relay,
         consumer.as_ref(),
+        agg,
         warm + n,
         Duration::from_secs(60),
     )
@@ -1110,22 +1107,45 @@ async fn delivered(
     env: &Env,
     relay: &mut Relay,
     consumer: Option<&load::ConsumerHandle>,
+    agg: &str,
     n: usize,
     deadline: Duration,
 ) -> Result<bool> {
     if let Some(c) = consumer {
         return Ok(c.wait_for(n, deadline).await);
     }
-    let target = harness::insert_lsn(&env.ctl).await?.saturating_sub(64);
+    Ok(wait_relayed(env, relay, agg, deadline).await?.1)
+}
+
+/// Wait until the relay has checkpointed everything committed so far.
+///
+/// The WAL position after the last commit is no target by itself: other
+/// WAL (autovacuum after a bulk load, checkpoints, the relay's own writes)
+/// may follow it, and the relay's checkpoint only ever lands on the end of
+/// an outbox transaction. So: note the position `p`, commit one marker row
+/// (topic `outbox.{agg}`) after it, and wait until the checkpoint reaches
+/// `p` — only the marker's end can satisfy that, and the marker commits
+/// after everything before it. Returns (`p`, whether it was reached).
+async fn wait_relayed(
+    env: &Env,
+    relay: &mut Relay,
+    agg: &str,
+    deadline: Duration,
+) -> Result<(u64, bool)> {
+    let p = harness::insert_lsn(&env.ctl).await?;
+    env.ctl
+        .execute(&load::insert_sql("public.outbox"), &[&agg, &-1i64, &8i32])
+        .await
+        .context("marker row")?;
     let end = Instant::now() + deadline;
-    while harness::checkpoint_lsn(&env.ctl).await? < target {
+    while harness::checkpoint_lsn(&env.ctl).await? < p {
         relay.check_alive()?;
         if Instant::now() > end {
-            return Ok(false);
+            return Ok((p, false));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(true)
+    Ok((p, true))
 }
 
 /// The broker floor: a bare producer at the same rate.
