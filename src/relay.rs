@@ -225,8 +225,13 @@ impl<'a> Session<'a> {
                     return Ok(());
                 }
                 self.run_due_actions(&publisher);
-                if self.tracker.unpersisted() >= max_in_flight / 2 && self.tracker.has_persistable() {
-                    // Keep the re-send window small without waiting for the tick.
+                // Keep the re-send window small without waiting for the tick,
+                // but only when a write frees a real share of it: a write per
+                // delivery report would starve the loop during catch-up.
+                let worth_it = self.tracker.unpersisted() >= max_in_flight / 2
+                    && self.tracker.persistable() >= (max_in_flight / 4).max(1);
+                let window_shut = !self.window_open(max_in_flight) && self.tracker.has_persistable();
+                if worth_it || window_shut {
                     self.checkpoint(store, &stream).await?;
                 }
                 let can_read = self.blocked.is_none() && self.window_open(max_in_flight);

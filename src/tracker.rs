@@ -137,6 +137,11 @@ impl AckTracker {
         !self.unpersisted_txns.is_empty()
     }
 
+    /// Messages a checkpoint write now would take out of the re-send window.
+    pub fn persistable(&self) -> usize {
+        self.unpersisted_txns.iter().map(|(_, n)| n).sum()
+    }
+
     /// Messages not yet acknowledged, across all transactions.
     pub fn in_flight(&self) -> usize {
         self.in_flight
