@@ -45,25 +45,7 @@ impl Env {
     pub async fn start_with(topics: &[&str], extra_toml: &str, max_in_flight: usize) -> Env {
         let (pg, broker) = tokio::join!(PgCluster::start(), Broker::start());
         pg.create_database("app").await;
-        let env = Env {
-            pg,
-            broker,
-            dir: tempfile::tempdir().expect("tempdir"),
-            extra_toml: extra_toml.to_string(),
-            max_in_flight,
-            metrics_port: crate::support::free_port(),
-        };
-        env.write_config();
-        for t in topics.iter().chain(&[DLQ_TOPIC]) {
-            kafka::create_topic(&env.broker.bootstrap(), t, 4).await;
-        }
-        let out = env.relay_command(&["init"]).output().expect("run init");
-        assert!(
-            out.status.success(),
-            "init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        env
+        Self::assemble(pg, broker, topics, extra_toml, max_in_flight).await
     }
 
     pub fn url(&self) -> String {
