@@ -12,13 +12,12 @@
 
 use std::time::SystemTime;
 
-use rdkafka::message::Headers;
 use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::decode::{OutboxRecord, RowError};
 use crate::error::{RelayError, Result};
-use crate::sink::message::{headers, TxnMeta};
+use crate::sink::message::{header_pairs, TxnMeta};
 
 /// A message ready for the DLQ topic.
 #[derive(Debug, Clone)]
@@ -72,10 +71,7 @@ fn error_headers(mut h: Vec<(String, Vec<u8>)>, r: &Reason) -> Vec<(String, Vec<
 
 /// DLQ copy of a decoded record that failed before or at the broker.
 pub fn from_record(rec: &OutboxRecord, meta: &TxnMeta, r: &Reason) -> DeadLetter {
-    let base: Vec<(String, Vec<u8>)> = headers(rec, meta)
-        .iter()
-        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-        .collect();
+    let base = header_pairs(rec, meta);
     DeadLetter {
         row_id: Some(rec.id),
         key: Some(rec.aggregate_id.as_bytes().to_vec()),

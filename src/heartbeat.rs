@@ -91,11 +91,3 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn prefix_is_the_one_the_relay_recognises() {
-        assert_eq!(super::PREFIX, crate::relay::HEARTBEAT_PREFIX);
-    }
-}

@@ -47,9 +47,6 @@ use crate::sink::{Delivery, FailedMessage, MsgTag, Publisher, SendError};
 use crate::source;
 use crate::tracker::AckTracker;
 
-/// Prefix of the heartbeat logical messages (see `crate::heartbeat`).
-pub const HEARTBEAT_PREFIX: &str = "outbox-relay-heartbeat";
-
 /// How a session ended without error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -98,7 +95,7 @@ struct Current {
 /// Work scheduled for later: a retry of a refused message, or its DLQ copy.
 enum Action {
     Resend(Box<FailedMessage>, Box<MsgTag>),
-    DeadLetter(DeadLetter, Box<MsgTag>),
+    DeadLetter(Box<DeadLetter>, Box<MsgTag>),
 }
 
 /// The stream is stalled at one row (`on-permanent-error = "block"`).
@@ -474,7 +471,7 @@ impl<'a> Session<'a> {
                 // The original message's slot in the tracker is released when
                 // its DLQ copy (same txn tag) is acknowledged.
                 self.scheduled
-                    .push((Instant::now(), Action::DeadLetter(dl, dtag)));
+                    .push((Instant::now(), Action::DeadLetter(Box::new(dl), dtag)));
             }
             OnPermanentError::Block => {
                 let reason = format!(
@@ -496,41 +493,46 @@ impl<'a> Session<'a> {
             .partition(|(t, _)| *t <= now);
         self.scheduled = later;
         for (_, action) in due {
-            let (res, redo) = match action {
-                Action::Resend(failed, mut tag) => {
-                    tag.attempt += 1;
-                    tag.sent_at = Instant::now();
-                    let r = publisher.send_raw(
-                        &failed.topic,
-                        failed.key.as_deref(),
-                        failed.payload.as_deref(),
-                        &failed.headers,
-                        tag.commit_unix_millis,
-                        tag,
-                    );
-                    (r, Some(failed))
-                }
-                Action::DeadLetter(dl, tag) => {
-                    let r = publisher.send_raw(
-                        &self.cfg.kafka.dlq_topic,
-                        dl.key.as_deref(),
-                        dl.value.as_deref(),
-                        &dl.headers,
-                        dl.timestamp_ms,
-                        tag,
-                    );
-                    match r {
-                        Ok(()) => continue,
-                        Err((e, tag)) => {
-                            self.reschedule_after_send_error(e, Action::DeadLetter(dl, tag));
-                            continue;
-                        }
-                    }
-                }
-            };
-            if let (Err((e, mut tag)), Some(failed)) = (res, redo) {
-                tag.attempt -= 1;
-                self.reschedule_after_send_error(e, Action::Resend(failed, tag));
+            if let Err((e, action)) = self.send_action(publisher, action) {
+                self.reschedule_after_send_error(e, action);
+            }
+        }
+    }
+
+    /// Enqueue one scheduled message; on failure the action comes back,
+    /// unchanged, to be tried again.
+    fn send_action<K: MessageSink>(
+        &self,
+        publisher: &K,
+        action: Action,
+    ) -> std::result::Result<(), (SendError, Action)> {
+        match action {
+            Action::Resend(failed, mut tag) => {
+                tag.attempt += 1;
+                tag.sent_at = Instant::now();
+                let sent = publisher.send_raw(
+                    &failed.topic,
+                    failed.key.as_deref(),
+                    failed.payload.as_deref(),
+                    &failed.headers,
+                    tag.commit_unix_millis,
+                    tag,
+                );
+                sent.map_err(|(e, mut tag)| {
+                    tag.attempt -= 1;
+                    (e, Action::Resend(failed, tag))
+                })
+            }
+            Action::DeadLetter(dl, tag) => {
+                let sent = publisher.send_raw(
+                    &self.cfg.kafka.dlq_topic,
+                    dl.key.as_deref(),
+                    dl.value.as_deref(),
+                    &dl.headers,
+                    dl.timestamp_ms,
+                    tag,
+                );
+                sent.map_err(|(e, tag)| (e, Action::DeadLetter(dl, tag)))
             }
         }
     }
@@ -739,7 +741,7 @@ impl<'a> Session<'a> {
                 lsn,
                 prefix,
                 ..
-            } if prefix == HEARTBEAT_PREFIX => {
+            } if prefix == crate::heartbeat::PREFIX => {
                 self.last_activity = Instant::now();
                 self.server_wal_end = self.server_wal_end.max(lsn.as_u64());
                 if self.current.is_none() && self.tracker.is_idle() {
@@ -874,11 +876,10 @@ impl<'a> Session<'a> {
             OnPermanentError::Dlq => {
                 let mut tag = MsgTag::first(seq, row_id.unwrap_or(0), meta.commit_unix_millis);
                 tag.first_failure = Some(SystemTime::now());
-                tag.first_error = Some(message);
                 tag.is_dlq = true;
                 self.tracker.sent(seq);
                 self.scheduled
-                    .push((Instant::now(), Action::DeadLetter(dl, tag)));
+                    .push((Instant::now(), Action::DeadLetter(Box::new(dl), tag)));
             }
             OnPermanentError::Block => self.block(row_id, message, None),
         }
@@ -969,16 +970,12 @@ fn failed_from_record(
     topic: &str,
     error: rdkafka::error::KafkaError,
 ) -> Box<FailedMessage> {
-    use rdkafka::message::Headers;
     Box::new(FailedMessage {
         error,
         topic: topic.to_string(),
         key: Some(rec.aggregate_id.as_bytes().to_vec()),
         payload: Some(rec.payload.to_vec()),
-        headers: crate::sink::message::headers(rec, meta)
-            .iter()
-            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-            .collect(),
+        headers: crate::sink::message::header_pairs(rec, meta),
     })
 }
 

@@ -57,11 +57,7 @@ impl MessageSink for FakeSink {
         topic: &str,
         tag: Box<MsgTag>,
     ) -> Enqueued {
-        use rdkafka::message::Headers;
-        let headers = crate::sink::message::headers(rec, meta)
-            .iter()
-            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-            .collect();
+        let headers = crate::sink::message::header_pairs(rec, meta);
         self.sent.lock().unwrap().push(Sent {
             topic: topic.into(),
             headers,

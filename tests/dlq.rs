@@ -254,7 +254,9 @@ async fn block_mode_stalls_at_the_bad_row_until_it_is_deleted() {
         serde_json::json!(bad),
         "{status}"
     );
-    let scrape = reqwest_metrics(env.metrics_port).await;
+    let scrape = crate::observability::scrape(&env)
+        .await
+        .expect("metrics endpoint");
     assert!(
         scrape.contains(&format!("outbox_relay_blocked_row_id {bad}")),
         "{scrape}"
@@ -280,18 +282,4 @@ async fn block_mode_stalls_at_the_bad_row_until_it_is_deleted() {
     )
     .await;
     assert!(dlq.is_empty(), "block mode never dead-letters");
-}
-
-/// Scrape /metrics with a plain HTTP/1.0 request.
-pub async fn reqwest_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }

@@ -137,7 +137,8 @@ fn metrics_addr(env: &Env) -> String {
     format!("127.0.0.1:{}", env.metrics_port)
 }
 
-async fn scrape(env: &Env) -> Option<String> {
+/// The relay's `/metrics` body, `None` unless it answered 200.
+pub async fn scrape(env: &Env) -> Option<String> {
     match http_get(&metrics_addr(env), "/metrics").await {
         Ok((200, body)) => Some(body),
         _ => None,

@@ -102,10 +102,19 @@ pub fn headers(rec: &OutboxRecord, meta: &TxnMeta) -> OwnedHeaders {
     h
 }
 
+/// The same headers as owned `(name, value)` pairs: what a retry or a DLQ
+/// copy is built from.
+pub fn header_pairs(rec: &OutboxRecord, meta: &TxnMeta) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    headers(rec, meta)
+        .iter()
+        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::Headers;
 
     #[test]
     fn lsn_roundtrip() {
@@ -137,11 +146,7 @@ mod tests {
             )],
             topic: None,
         };
-        let h = headers(&rec, &TxnMeta::new(0x10, 0));
-        let got: Vec<(String, Vec<u8>)> = h
-            .iter()
-            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-            .collect();
+        let got = header_pairs(&rec, &TxnMeta::new(0x10, 0));
         assert_eq!(got[0], ("id".into(), b"42".to_vec()));
         assert_eq!(got[4], ("lsn".into(), b"0/10".to_vec()));
         assert_eq!(got[6], ("traceparent".into(), b"00-abc-01".to_vec()));

@@ -122,8 +122,6 @@ pub struct MsgTag {
     pub attempt: u32,
     /// When the first attempt failed, if one did.
     pub first_failure: Option<std::time::SystemTime>,
-    /// The first failure's text, kept for the DLQ headers.
-    pub first_error: Option<String>,
     /// This is the dead-letter copy, not the original.
     pub is_dlq: bool,
 }
@@ -138,7 +136,6 @@ impl MsgTag {
             commit_unix_millis,
             attempt: 1,
             first_failure: None,
-            first_error: None,
             is_dlq: false,
         })
     }
