@@ -3,11 +3,15 @@
 # only what is missing. Needs root (or sudo) for apt-get.
 #   - PostgreSQL 15 server (/usr/lib/postgresql/15/bin), build deps of rdkafka (bundled
 #     librdkafka with ssl + zlib)
-#   - tansu 0.6.0 (Kafka-protocol broker used by the tests) in ~/.cargo/bin
+#   - a Java runtime (17+) and Maven, if missing
+#   - Apache Kafka (KRaft broker + tools) from Maven Central, via deploy/kafka/pom.xml, into
+#     ~/.cache/outbox-relay/kafka/$KAFKA_VERSION/libs (fetched once; ~15 s on a fast mirror)
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-TANSU_VERSION=0.6.0
+# Keep in step with deploy/kafka/pom.xml and docker-compose.yml.
+KAFKA_VERSION=4.1.1
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 export PATH="$CARGO_BIN:$PATH"
 
@@ -23,9 +27,14 @@ fi
 # --- Debian packages -------------------------------------------------------------------
 # prometheus: promtool and the server for tests/observability.rs; python3-yaml: the tests
 # parse docker-compose.yml with python3.
-PKGS=(postgresql-15 postgresql-contrib libssl-dev zlib1g-dev build-essential pkg-config prometheus python3 python3-yaml)
+PKGS=(postgresql-15 openjdk-17-jre-headless maven postgresql-contrib libssl-dev zlib1g-dev build-essential pkg-config prometheus python3 python3-yaml)
 missing=()
 for p in "${PKGS[@]}"; do
+    # A Java 17+ or Maven installed some other way (SDKMAN, Temurin) is as good.
+    case "$p" in
+        openjdk-17-jre-headless) java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' && continue ;;
+        maven) command -v mvn >/dev/null 2>&1 && continue ;;
+    esac
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
         missing+=("$p")
     fi
@@ -64,33 +73,24 @@ for c in rustfmt clippy; do
     fi
 done
 
-# --- tansu broker ------------------------------------------------------------------------
-tansu_ok() {
-    [ -x "$CARGO_BIN/tansu" ] && "$CARGO_BIN/tansu" --version 2>/dev/null | grep -qw "$TANSU_VERSION"
-}
-other_install_running() {
-    pgrep -f "cargo install .*tansu" >/dev/null 2>&1
-}
-if ! tansu_ok; then
-    mkdir -p "$HOME/.cache/outbox-relay"
-    # One install at a time (CI and a developer may run this concurrently).
-    exec 9>"$HOME/.cache/outbox-relay/tansu-install.lock"
-    flock 9
-    # An install started by hand elsewhere: wait for it instead of building twice.
-    waited=0
-    while ! tansu_ok && other_install_running && [ "$waited" -lt 3600 ]; do
-        [ "$waited" -eq 0 ] && log "waiting for a running 'cargo install tansu' to finish"
-        sleep 10
-        waited=$((waited + 10))
-    done
-    if ! tansu_ok; then
-        log "installing tansu $TANSU_VERSION (takes ~7-10 min on 2 cores)"
-        # Its own target dir: CARGO_TARGET_DIR (the project's) must not be shared with it.
-        env -u CARGO_TARGET_DIR cargo install tansu --version "$TANSU_VERSION" --locked \
-            --features dynostore --root "${CARGO_HOME:-$HOME/.cargo}"
+# --- Apache Kafka from Maven Central -------------------------------------------------------
+KAFKA_HOME_DIR="$HOME/.cache/outbox-relay/kafka/$KAFKA_VERSION"
+if [ ! -f "$KAFKA_HOME_DIR/.complete" ]; then
+    mkdir -p "$KAFKA_HOME_DIR"
+    exec 8>"$KAFKA_HOME_DIR.lock"
+    flock 8
+    if [ ! -f "$KAFKA_HOME_DIR/.complete" ]; then
+        log "fetching Apache Kafka $KAFKA_VERSION from Maven Central (first time only)"
+        started=$(date +%s)
+        rm -rf "$KAFKA_HOME_DIR/libs"
+        mvn -q -B -f deploy/kafka/pom.xml -Dkafka.version="$KAFKA_VERSION" \
+            dependency:copy-dependencies -DoutputDirectory="$KAFKA_HOME_DIR/libs"
+        ls "$KAFKA_HOME_DIR/libs"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null \
+            || { log "kafka_2.13-$KAFKA_VERSION.jar missing after fetch"; exit 1; }
+        touch "$KAFKA_HOME_DIR/.complete"
+        log "Kafka fetched in $(($(date +%s) - started)) s"
     fi
-    flock -u 9
-    exec 9>&-
-    tansu_ok || { log "tansu $TANSU_VERSION not usable after install"; exit 1; }
+    flock -u 8
+    exec 8>&-
 fi
-log "tansu: $("$CARGO_BIN/tansu" --version 2>&1 | head -1)"
+log "Apache Kafka $KAFKA_VERSION: $KAFKA_HOME_DIR/libs"
