@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::decode::{ColumnNames, TableName};
 use crate::error::ConfigError;
+use crate::sink::cloudevents::{CloudEventsConfig, MessageFormat};
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "OUTBOX_RELAY_";
@@ -234,6 +235,12 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Any librdkafka producer property, passed through.
     pub properties: BTreeMap<String, String>,
+    /// `raw`, `cloudevents-binary` or `cloudevents-structured`
+    /// ([`crate::sink::cloudevents`]).
+    pub format: MessageFormat,
+    /// How CloudEvents attributes are derived (used by the CloudEvents
+    /// formats only).
+    pub cloudevents: CloudEventsConfig,
 }
 
 impl Default for KafkaConfig {
@@ -246,6 +253,8 @@ impl Default for KafkaConfig {
             topic_partitions: 3,
             dlq_topic: "outbox.dlq".into(),
             properties: BTreeMap::new(),
+            format: MessageFormat::Raw,
+            cloudevents: CloudEventsConfig::default(),
         }
     }
 }
@@ -478,6 +487,7 @@ impl Config {
             return Err(ConfigError::new("kafka.topic-partitions", "must be >= 1"));
         }
         crate::sink::producer::check_properties(&self.kafka.properties)?;
+        self.kafka.cloudevents.validate()?;
         for (key, d) in [
             ("relay.checkpoint-interval", self.relay.checkpoint_interval),
             ("relay.backoff-initial", self.relay.backoff_initial),
@@ -540,6 +550,10 @@ impl Config {
             payload: c.payload.clone(),
             headers: opt(&c.headers),
             topic: opt(&c.topic),
+            // Read only when it becomes the CloudEvents id.
+            event_id: (self.kafka.format != MessageFormat::Raw)
+                .then(|| opt(&self.kafka.cloudevents.id_column))
+                .flatten(),
         }
     }
 

@@ -114,6 +114,8 @@ pub struct Session<'a> {
     cfg: &'a Config,
     health: SharedHealth,
     template: TopicTemplate,
+    /// CloudEvents encoder (`kafka.format`), handed to every transaction.
+    cloudevents: Option<Arc<crate::sink::cloudevents::CloudEvents>>,
     table_name: String,
     mapping: OutboxMapping,
     resolved: HashMap<u32, Option<Arc<ResolvedRelation>>>,
@@ -180,10 +182,16 @@ impl<'a> Session<'a> {
         let template = TopicTemplate::parse(&cfg.kafka.topic_template)
             .map_err(|msg| crate::error::ConfigError::new("kafka.topic-template", msg))?;
         let table = cfg.outbox_table();
+        let cloudevents = crate::sink::cloudevents::CloudEvents::new(
+            cfg.kafka.format,
+            &cfg.kafka.cloudevents,
+            &table.name,
+        )?;
         Ok(Self {
             cfg,
             health,
             template,
+            cloudevents,
             table_name: table.name.clone(),
             mapping: OutboxMapping::new(table, cfg.column_names()),
             resolved: HashMap::new(),
@@ -700,7 +708,8 @@ impl<'a> Session<'a> {
             } => {
                 let commit_lsn = final_lsn.as_u64();
                 let skip = commit_lsn < self.resume_from;
-                let meta = TxnMeta::new(commit_lsn, commit_time_micros);
+                let meta = TxnMeta::new(commit_lsn, commit_time_micros)
+                    .with_cloudevents(self.cloudevents.clone());
                 let seq = if skip {
                     0
                 } else {
@@ -974,7 +983,7 @@ fn failed_from_record(
         error,
         topic: topic.to_string(),
         key: Some(rec.aggregate_id.as_bytes().to_vec()),
-        payload: Some(rec.payload.to_vec()),
+        payload: Some(crate::sink::message::value(rec, meta).into_owned()),
         headers: crate::sink::message::header_pairs(rec, meta),
     })
 }

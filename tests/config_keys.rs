@@ -159,6 +159,24 @@ const CASES: &[(&str, &str, &str)] = &[
     ("kafka.topic-partitions", "3000000000", "out of range"),
     ("kafka.dlq-topic", "\"dead letters\"", "illegal characters"),
     ("kafka.dlq-topic", "\"..\"", "reserved name"),
+    ("kafka.format", "\"cloudevents\"", "bad enum"),
+    ("kafka.format", "1", "wrong type"),
+    (
+        "kafka.cloudevents.source",
+        "\"/outbox/{aggregate}\"",
+        "unknown placeholder",
+    ),
+    (
+        "kafka.cloudevents.source",
+        "\"/outbox events\"",
+        "not a URI reference",
+    ),
+    ("kafka.cloudevents.source", "\"\"", "empty"),
+    (
+        "kafka.cloudevents.id-column",
+        "\"event id\"",
+        "not an identifier",
+    ),
     ("kafka.properties", "\"linger.ms=5\"", "wrong type"),
     (
         "kafka.properties",

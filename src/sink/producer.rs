@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::decode::OutboxRecord;
 use crate::error::ConfigError;
 use crate::error::{RelayError, Result};
-use crate::sink::message::{headers, TxnMeta};
+use crate::sink::message::{headers, value, TxnMeta};
 
 /// Properties the relay sets and a user may not weaken: they are what keeps
 /// per-partition order across retries (invariant 3).
@@ -346,9 +346,10 @@ impl Publisher {
         topic: &str,
         tag: Box<MsgTag>,
     ) -> std::result::Result<(), (SendError, Box<MsgTag>)> {
+        let payload = value(rec, meta);
         let record = BaseRecord::with_opaque_to(topic, tag)
             .key(rec.aggregate_id.as_bytes())
-            .payload(rec.payload.as_ref())
+            .payload(payload.as_ref())
             .headers(headers(rec, meta))
             .timestamp(meta.commit_unix_millis);
         self.producer.send(record).map_err(classify_send)
