@@ -38,7 +38,11 @@
 //! [`sink`] · [`checkpoint`] · [`tracker`] · [`relay`] · [`schema`] ·
 //! [`emit`] (the Rust helper for applications) · [`backoff`].
 //! Operations: [`http`] (`/metrics`, `/healthz`, `/readyz`) · [`heartbeat`] ·
-//! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`).
+//! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`) ·
+//! [`verify`] (`outbox-relay verify`: the broker compared with the outbox
+//! table — missing, duplicated, reordered, foreign messages).
+//! Message shapes: [`sink::message`] (raw) and [`sink::cloudevents`]
+//! (`kafka.format`).
 
 pub mod app;
 pub mod backoff;
@@ -63,3 +67,4 @@ pub mod slot;
 pub mod source;
 pub mod status;
 pub mod tracker;
+pub mod verify;
