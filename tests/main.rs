@@ -1,5 +1,5 @@
 //! The integration suite: one binary, every test against a real PostgreSQL
-//! 15 cluster and a real Kafka-protocol broker (tansu) started by the
+//! 15 cluster and a real Apache Kafka broker (KRaft) started by the
 //! harness in `support/`, with the relay run as the real `outbox-relay`
 //! process. Every assertion is on data read back from where it landed: the
 //! broker, the tables, the slot.
