@@ -72,7 +72,7 @@ async fn write_events(url: String, w: usize, n: usize, seed: u64) -> Vec<i64> {
 }
 
 /// Run `writers` concurrent writers of `per_writer` events each.
-async fn write_concurrently(
+pub(crate) async fn write_concurrently(
     env: &Env,
     writers: usize,
     per_writer: usize,

@@ -4,6 +4,7 @@
 //! process. Every assertion is on data read back from where it landed: the
 //! broker, the tables, the slot.
 
+mod apache_kafka;
 mod cli;
 mod config_keys;
 mod core;
