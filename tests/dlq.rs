@@ -85,7 +85,7 @@ async fn oversized_row_goes_to_the_dlq_and_the_rest_follow_in_order() {
             .contains("max-payload-bytes"),
         "{d:?}"
     );
-    assert_eq!(d.header_str("dlq.original.topic").as_deref(), Some(TOPIC));
+    assert_eq!(d.header_str("dlq.original.topic"), Some(env.topic(TOPIC)));
     assert_eq!(d.header_str("dlq.attempts").as_deref(), Some("1"));
     assert!(d.header_str("dlq.first.failure").is_some());
     assert!(d.header_str("lsn").is_some());
@@ -151,8 +151,8 @@ async fn invalid_topic_name_goes_to_the_dlq_and_replay_republishes_it() {
     env.client()
         .await
         .execute(
-            "UPDATE public.outbox SET topic = 'outbox.fixed' WHERE id = $1",
-            &[&bad],
+            "UPDATE public.outbox SET topic = $2 WHERE id = $1",
+            &[&bad, &env.topic("outbox.fixed")],
         )
         .await
         .unwrap();

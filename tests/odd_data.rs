@@ -226,7 +226,7 @@ async fn ten_megabyte_event_data_is_dead_lettered_without_its_value() {
         &d,
         odd,
         "event_data is 10485772 bytes, over relay.max-payload-bytes = 1000000",
-        TOPIC,
+        &env.topic(TOPIC),
     );
     assert!(
         d.payload.as_deref().unwrap_or_default().is_empty(),
