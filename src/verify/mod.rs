@@ -323,10 +323,10 @@ pub fn verdict(r: &Report) -> String {
     let f = &r.findings;
     let mut parts = Vec::new();
     if f.missing.count > 0 {
-        parts.push(format!("{} rows missing", f.missing.count));
+        parts.push(format!("{} missing", f.missing.count));
     }
     if f.reordered.count > 0 {
-        parts.push(format!("{} messages out of order", f.reordered.count));
+        parts.push(format!("{} reordered", f.reordered.count));
     }
     if f.missing.count > 0 && !r.relay.confirmed {
         parts.push(format!(
@@ -542,7 +542,7 @@ mod tests {
             "duplicated: 1 rows, 1 extra messages:\n  6×2\n",
             "reordered: 1:\n  id 3 (lsn 0/30) at outbox.order[2]@3 after id 5 (lsn 0/50)\n",
             "foreign: 1:\n  outbox.order[2]@7 (no relay id and lsn headers)\n",
-            "result: FAILED — 3 rows missing, 1 messages out of order",
+            "result: FAILED — 3 missing, 1 reordered",
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
@@ -566,7 +566,7 @@ mod tests {
         let r = report(l.finish(), false);
         assert!(!r.ok);
         assert!(
-            verdict(&r).contains("1 rows missing, unconfirmed"),
+            verdict(&r).contains("1 missing, unconfirmed"),
             "{}",
             verdict(&r)
         );
