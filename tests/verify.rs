@@ -310,6 +310,8 @@ async fn a_stopped_relay_leaves_rows_unconfirmed_not_silently_missing() {
 fn verify_rss(env: &Env) -> (Value, i64, f64) {
     let out_path = env.dir.path().join("verify-rss.json");
     let started = std::time::Instant::now();
+    // Reaped with wait4 below, which also returns its peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = env
         .relay_command(&["verify", "--json", "--wait", "120s"])
         .stdout(std::fs::File::create(&out_path).unwrap())
