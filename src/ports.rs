@@ -62,6 +62,12 @@ pub trait MessageSink: Send {
     fn ensure_topic(&mut self, topic: &str) -> impl Future<Output = Result<()>> + Send;
     /// Drop everything not yet acknowledged.
     fn purge(&self);
+    /// The error that stopped the producer for good, if one did: then no
+    /// message will ever be acknowledged again, whatever the delivery reports
+    /// say (librdkafka purges them as "purged in queue").
+    fn fatal_error(&self) -> Option<crate::error::RelayError> {
+        None
+    }
 }
 
 /// The checkpoint plus the row bookkeeping of failed and blocked rows.
@@ -130,6 +136,10 @@ impl MessageSink for Publisher {
 
     fn purge(&self) {
         Publisher::purge(self)
+    }
+
+    fn fatal_error(&self) -> Option<crate::error::RelayError> {
+        Publisher::fatal_error(self)
     }
 }
 

@@ -247,6 +247,11 @@ impl<'a> Session<'a> {
                     _ = shutdown.changed() => {}
                     Some(d) = deliveries.recv() => self.on_delivery(d)?,
                     _ = tick.tick() => {
+                        // A producer that stopped for good acknowledges nothing
+                        // more: end the session now, even when idle.
+                        if let Some(e) = publisher.fatal_error() {
+                            return Err(e);
+                        }
                         self.checkpoint(store, &stream).await?;
                         self.publish_gauges();
                     }
@@ -273,6 +278,10 @@ impl<'a> Session<'a> {
                 Ok(SessionEnd::Stopped)
             }
             Err(e) => {
+                // Deliveries of a producer that stopped for good fail as
+                // "purged"; the producer's own error says why (and decides
+                // whether the relay retries or stops).
+                let e = publisher.fatal_error().unwrap_or(e);
                 // Whatever is in flight will be replayed from the checkpoint.
                 publisher.purge();
                 stream.close(false).await;

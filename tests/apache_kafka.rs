@@ -277,3 +277,25 @@ async fn three_brokers_lose_a_leader_and_restart_one_by_one_without_loss() {
         "{dups} duplicates > {WINDOW} per fault × {faults}"
     );
 }
+
+/// The tests, the scripts, the fetch pom and the compose stack run one Kafka version.
+#[test]
+fn one_kafka_version_everywhere() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let v = crate::support::broker::KAFKA_VERSION;
+    for (file, needle) in [
+        (
+            "deploy/kafka/pom.xml",
+            format!("<kafka.version>{v}</kafka.version>"),
+        ),
+        ("scripts/setup.sh", format!("KAFKA_VERSION={v}")),
+        ("scripts/lib/services.sh", format!("KAFKA_VERSION:-{v}")),
+        ("docker-compose.yml", format!("image: apache/kafka:{v}")),
+    ] {
+        assert!(
+            read(file).contains(&needle),
+            "{file} does not say {needle:?}: keep every Kafka version at {v}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ mod docs;
 mod faults;
 mod fixture;
 mod janitor;
+mod kafka_security;
 mod observability;
 mod odd_data;
 mod relay_toml;

@@ -174,12 +174,23 @@ pub struct Delivery {
 /// Forwards delivery reports from librdkafka's polling thread to the relay.
 pub struct ReportingContext {
     tx: mpsc::UnboundedSender<Delivery>,
+    /// The latest error librdkafka reported for a broker connection (e.g. the
+    /// broker refusing the SASL credentials, a failed TLS handshake): the
+    /// cause behind a failed startup check, which only sees "transport failure".
+    last_error: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
 }
 
 impl ClientContext for ReportingContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
+            // A failed broker connection (FAIL) or a fatal producer error (FATAL)
+            // is the relay's to report: it retries with backoff, or stops with
+            // one line naming the cause (see `Publisher::check_reachable` and
+            // `Publisher::fatal_error`). The error callback below repeats it.
+            _ if fac == "FAIL" || fac == "FATAL" => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
+            }
             L::Emerg | L::Alert | L::Critical | L::Error => {
                 tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
             }
@@ -190,6 +201,13 @@ impl ClientContext for ReportingContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, "{reason}");
+        // "All brokers down" is the summary, not the cause.
+        if let Some(code) = error.rdkafka_error_code() {
+            if code != RDKafkaErrorCode::AllBrokersDown {
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((code, reason.to_string()));
+            }
+        }
     }
 }
 
@@ -261,7 +279,10 @@ impl Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
         let cc = client_config(cfg);
         let producer: ThreadedProducer<ReportingContext> = cc
-            .create_with_context(ReportingContext { tx })
+            .create_with_context(ReportingContext {
+                tx,
+                last_error: std::sync::Mutex::new(None),
+            })
             .map_err(|e| match e {
                 KafkaError::ClientConfig(_, msg, key, value) => {
                     // librdkafka quotes the rejected value; never echo a secret.
@@ -305,13 +326,30 @@ impl Publisher {
     }
 
     /// Fail fast when no broker answers (startup check): a metadata request
-    /// with a deadline.
+    /// with a deadline. The error carries the cause librdkafka reported for
+    /// the broker connection when there is one (refused credentials, a failed
+    /// TLS handshake), whose code decides the class.
     pub fn check_reachable(&self, timeout: Duration) -> Result<()> {
         self.producer
             .client()
             .fetch_metadata(None, timeout)
             .map(|_| ())
-            .map_err(|e| RelayError::kafka("no broker answered a metadata request", e))
+            .map_err(|e| {
+                let cause = self
+                    .producer
+                    .context()
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                match cause {
+                    Some((code, reason)) => RelayError::kafka(
+                        format!("no broker answered a metadata request: {reason}"),
+                        KafkaError::Global(code),
+                    ),
+                    None => RelayError::kafka("no broker answered a metadata request", e),
+                }
+            })
     }
 
     /// Number of brokers in the cluster (a blocking metadata request, once per session).
@@ -415,6 +453,25 @@ impl Publisher {
             record = record.payload(p);
         }
         self.producer.send(record).map_err(classify_send)
+    }
+
+    /// The fatal error that stopped this producer, if any. librdkafka stops an
+    /// idempotent producer for good when the broker refuses it a producer id
+    /// (its principal may write no topic and lacks IdempotentWrite on the
+    /// cluster) or when the idempotence guarantee is lost. The class follows the
+    /// underlying code: a refused authorization stops the relay with this
+    /// error; anything else is transient (the next session gets a new producer).
+    pub fn fatal_error(&self) -> Option<RelayError> {
+        let (code, reason) = self.producer.client().fatal_error()?;
+        let hint = if code == RDKafkaErrorCode::ClusterAuthorizationFailed {
+            " (the relay's principal needs Write on its topics or IdempotentWrite on the cluster)"
+        } else {
+            ""
+        };
+        Some(RelayError::kafka(
+            format!("the producer stopped: {reason}{hint}"),
+            KafkaError::Global(code),
+        ))
     }
 
     /// Messages enqueued or in flight inside librdkafka.
