@@ -156,6 +156,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("kafka.max-in-flight", "\"lots\"", "wrong type"),
     ("kafka.create-topics", "\"yes\"", "wrong type"),
     ("kafka.topic-partitions", "0", "zero"),
+    ("kafka.topic-replication-factor", "-1", "negative"),
+    ("kafka.topic-replication-factor", "33", "over 32"),
     ("kafka.topic-partitions", "3000000000", "out of range"),
     ("kafka.dlq-topic", "\"dead letters\"", "illegal characters"),
     ("kafka.dlq-topic", "\"..\"", "reserved name"),
