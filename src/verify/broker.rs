@@ -5,16 +5,20 @@
 //! Memory is bounded by librdkafka's pre-fetch queue, kept small here
 //! (`queued.max.messages.kbytes`, `fetch.max.bytes`), not by the window: a
 //! message is reduced to its position and relay headers as it arrives.
+//!
+//! Each topic is read by a consumer of its own: librdkafka's end-of-partition
+//! event names the partition but not the topic, so a late one from the
+//! previous topic must not be able to end a partition of the next.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::error::{RelayError, Result};
@@ -59,10 +63,41 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-/// Create the consumer.
-pub fn consumer(cfg: &Config) -> Result<StreamConsumer> {
+/// librdkafka's logs and errors into `tracing`; end-of-partition is no
+/// error here (it is how a partition's end is found).
+pub struct VerifyContext;
+
+impl ClientContext for VerifyContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => tracing::debug!(target: "librdkafka", "{reason}"),
+            e => tracing::warn!(target: "librdkafka", error = %e, "{reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for VerifyContext {}
+
+/// The consumer `verify` uses.
+pub type VerifyConsumer = StreamConsumer<VerifyContext>;
+
+/// Create a consumer.
+pub fn consumer(cfg: &Config) -> Result<VerifyConsumer> {
     consumer_config(cfg)
-        .create()
+        .create_with_context(VerifyContext)
         .map_err(|e| RelayError::kafka("creating the verify consumer", e))
 }
 
@@ -99,7 +134,7 @@ impl Plan {
 
 /// Plan one topic: every partition from the first offset at or after
 /// `start_ms` (all of it when `None`) to the current end.
-pub fn plan(consumer: &StreamConsumer, topic: &str, start_ms: Option<i64>) -> Result<Plan> {
+pub fn plan(consumer: &VerifyConsumer, topic: &str, start_ms: Option<i64>) -> Result<Plan> {
     let md = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .map_err(|e| RelayError::kafka(format!("reading metadata of topic {topic}"), e))?;
@@ -171,17 +206,18 @@ pub struct Msg {
     pub relay: Relay,
 }
 
-/// Streams one planned topic.
-pub struct Reader<'c> {
-    consumer: &'c StreamConsumer,
+/// Streams one planned topic, with a consumer of its own.
+pub struct Reader {
+    consumer: VerifyConsumer,
     topic: Arc<str>,
     /// Partitions not yet read to their end, with that end.
     remaining: HashMap<i32, i64>,
 }
 
-impl<'c> Reader<'c> {
+impl Reader {
     /// Assign the plan's partitions at their start offsets.
-    pub fn start(consumer: &'c StreamConsumer, plan: &Plan) -> Result<Self> {
+    pub fn start(cfg: &Config, plan: &Plan) -> Result<Self> {
+        let consumer = consumer(cfg)?;
         let mut tpl = TopicPartitionList::new();
         for r in &plan.ranges {
             tpl.add_partition_offset(&plan.topic, r.partition, Offset::Offset(r.start))
@@ -215,7 +251,7 @@ impl<'c> Reader<'c> {
                         self.topic
                     )));
                 }
-                // Only this topic is assigned.
+                // Only this topic is assigned to this consumer.
                 Ok(Err(KafkaError::PartitionEOF(p))) => {
                     self.remaining.remove(&p);
                     continue;
@@ -226,7 +262,7 @@ impl<'c> Reader<'c> {
                 Ok(Ok(m)) => m,
             };
             if m.topic() != &*self.topic {
-                continue; // pre-fetched before the previous topic was unassigned
+                continue;
             }
             let (partition, offset) = (m.partition(), m.offset());
             let Some(&end) = self.remaining.get(&partition) else {

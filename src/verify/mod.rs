@@ -188,11 +188,12 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<Report> {
     let mut ledger = w.ledger;
     let mut topics = Vec::new();
     for plan in &plans {
-        let messages = read_main(&consumer, plan, &mut ledger, &client, cfg, &progress).await?;
+        let messages = read_main(plan, &mut ledger, &client, cfg, &progress).await?;
         topics.push(topic_info(plan, messages));
     }
     let mut dlq_messages = 0;
-    let mut reader = broker::Reader::start(&consumer, &dlq_plan)?;
+    drop(consumer);
+    let mut reader = broker::Reader::start(cfg, &dlq_plan)?;
     while let Some(m) = reader.next(IDLE).await? {
         ledger.observe_dlq(m.relay.id);
         dlq_messages += 1;
@@ -227,14 +228,13 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<Report> {
 
 /// Stream one main topic into the ledger, looking up unplaced ids.
 async fn read_main(
-    consumer: &rdkafka::consumer::StreamConsumer,
     plan: &broker::Plan,
     ledger: &mut Ledger,
     client: &Client,
     cfg: &Config,
     progress: &indicatif::ProgressBar,
 ) -> Result<u64> {
-    let mut reader = broker::Reader::start(consumer, plan)?;
+    let mut reader = broker::Reader::start(cfg, plan)?;
     let mut pending: Vec<(Position, i64)> = Vec::new();
     let mut n = 0;
     while let Some(m) = reader.next(IDLE).await? {
