@@ -161,8 +161,17 @@ pub async fn execute(cfg: &Config, args: &VerifyArgs) -> Result<()> {
 pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<Report> {
     let sel = args.selection();
     let mut client = crate::source::control::connect(cfg, "verify").await?;
+    let progress = progress_bar(args.json);
+    progress.set_message("reading the window's rows");
     let w = window::read(&mut client, cfg, sel).await?;
-    let durable = window::wait_for_relay(&client, cfg, w.snapshot_lsn, args.wait).await?;
+    let required = format_lsn(w.snapshot_lsn);
+    let durable = window::wait_for_relay(&client, cfg, w.snapshot_lsn, args.wait, |pos| {
+        progress.set_message(format!(
+            "waiting for the relay's durable position to pass {required} (now {})",
+            format_lsn(pos)
+        ));
+    })
+    .await?;
     let confirmed = durable >= w.snapshot_lsn;
     if !confirmed {
         tracing::warn!(
@@ -184,7 +193,13 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<Report> {
     }
     let dlq_plan = broker::plan(&consumer, &cfg.kafka.dlq_topic, start_ms)?;
     let total: u64 = plans.iter().map(broker::Plan::messages).sum::<u64>() + dlq_plan.messages();
-    let progress = progress_bar(total, args.json);
+    progress.set_message("");
+    progress.set_length(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "verify [{bar:40}] {human_pos}/{human_len} messages, {per_sec}, eta {eta}",
+    ) {
+        progress.set_style(style.progress_chars("=> "));
+    }
     let mut ledger = w.ledger;
     let mut topics = Vec::new();
     for plan in &plans {
@@ -296,18 +311,18 @@ fn topic_info(plan: &broker::Plan, messages: u64) -> TopicInfo {
     }
 }
 
-/// A progress bar on stderr when it is a terminal (and the report is not
-/// JSON for a script); hidden otherwise.
-fn progress_bar(total: u64, json: bool) -> indicatif::ProgressBar {
+/// Progress on stderr when it is a terminal (and the report is not JSON
+/// for a script), hidden otherwise: a spinner with a message while the
+/// window is read and the relay awaited, then a bar over the messages.
+fn progress_bar(json: bool) -> indicatif::ProgressBar {
     if json || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "verify [{bar:40}] {human_pos}/{human_len} messages, {per_sec}, eta {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("verify {spinner} {msg}") {
+        bar.set_style(style);
     }
+    bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
 

@@ -248,12 +248,13 @@ pub async fn durable_position(client: &Client, cfg: &Config) -> Result<u64> {
 
 /// Wait up to `wait` for the relay's durable position to reach `target`;
 /// returns the last position read. Writes one heartbeat first so an idle
-/// relay has something to confirm.
+/// relay has something to confirm. `progress` is told each position read.
 pub async fn wait_for_relay(
     client: &Client,
     cfg: &Config,
     target: u64,
     wait: Duration,
+    mut progress: impl FnMut(u64),
 ) -> Result<u64> {
     if let Err(e) = client
         .query_one(crate::heartbeat::EMIT_SQL, &[&crate::heartbeat::PREFIX])
@@ -264,6 +265,7 @@ pub async fn wait_for_relay(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let pos = durable_position(client, cfg).await?;
+        progress(pos);
         if pos >= target || tokio::time::Instant::now() >= deadline {
             return Ok(pos);
         }
