@@ -18,8 +18,11 @@ use super::*;
 use crate::checkpoint::MemoryStore;
 use crate::config::OnPermanentError;
 use crate::decode::fixtures::{outbox_insert_message, outbox_relation, relation_message};
-use crate::ports::Enqueued;
+use crate::decode::OutboxRecord;
+use crate::ports::{Enqueued, SourceEvent, TopicState};
 use crate::sink::classify::SinkError;
+use crate::sink::message::TxnMeta;
+use crate::sink::{Delivery, FailedMessage, MsgTag, SendError};
 
 // ---- fakes ---------------------------------------------------------------
 
