@@ -1,8 +1,10 @@
 //! Print what arrived on a topic: `cargo run --example tail -- BROKERS TOPIC [COUNT] [SECONDS]`.
 //!
-//! Reads every partition from the beginning without a consumer group (so it
-//! works against any Kafka-protocol broker, including the demo's tansu) and
-//! prints one line per message: partition/offset, key, headers, value.
+//! Waits (up to SECONDS) for the topic to exist — the relay may not have
+//! created it yet — then reads every partition from the beginning without a
+//! consumer group and prints one line per message: partition/offset, key,
+//! headers, value. Fails when fewer than COUNT messages arrived in time, so a
+//! script using it cannot pass on a broken relay.
 
 use std::time::{Duration, Instant};
 
@@ -30,16 +32,26 @@ fn main() -> anyhow::Result<()> {
         .set("log_level", "3")
         .create()?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    anyhow::ensure!(
-        !parts.is_empty(),
-        "topic {topic} has no partitions (does it exist?)"
-    );
+    let parts = loop {
+        let parts: Vec<i32> = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .filter(|t| t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !parts.is_empty() {
+            break parts;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "topic {topic} did not appear within {seconds} s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let mut tpl = TopicPartitionList::new();
     for p in parts {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
@@ -75,5 +87,9 @@ fn main() -> anyhow::Result<()> {
             seen += 1;
         }
     }
+    anyhow::ensure!(
+        count == usize::MAX || seen >= count,
+        "only {seen} of {count} messages on {topic} within {seconds} s"
+    );
     Ok(())
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end demo on a fresh Debian machine: installs what is missing, starts a
-# throwaway PostgreSQL 15 (wal_level=logical) and a tansu Kafka-protocol broker
-# on loopback, initialises the outbox, runs the relay, emits a few events in
-# business transactions (one rolled back), and shows them arriving on Kafka.
-# Everything lives under a temp dir and is stopped on exit.
+# End-to-end demo on a fresh Debian machine: installs what is missing, starts a throwaway
+# PostgreSQL 15 (wal_level=logical) and Apache Kafka (single KRaft node) on loopback,
+# initialises the outbox with the sample relay.toml, runs the relay, emits a few events in
+# business transactions (one rolled back), and shows them arriving on Kafka. Every wait has a
+# deadline; the demo fails (non-zero) if an event does not arrive. Everything lives under a
+# temp dir and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outbox-relay/target}"
@@ -15,48 +16,41 @@ cargo build --quiet --bin outbox-relay --example tail
 RELAY="$CARGO_TARGET_DIR/debug/outbox-relay"
 TAIL="$CARGO_TARGET_DIR/debug/examples/tail"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-PG_PORT=$(free_port); KAFKA_PORT=$(free_port); METRICS_PORT=$(free_port)
-DIR=$(mktemp -d /tmp/outbox-demo-XXXX); chmod 755 "$DIR"
-PGBIN=/usr/lib/postgresql/15/bin
-pids=()
+# shellcheck source=lib/services.sh
+source scripts/lib/services.sh
+DIR=$(mktemp -d /tmp/outbox-demo-XXXX)
+RELAY_PID=""
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/pg" -m immediate stop >/dev/null 2>&1 || true
+    status=$?
+    [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
+    if [ "$status" -ne 0 ]; then
+        echo "== demo FAILED (exit $status); logs:" >&2
+        tail -n 30 "$DIR/relay.log" 2>/dev/null >&2 || true
+    fi
+    services_stop
     rm -rf "$DIR"
 }
 trap cleanup EXIT
 
+services_start_pg "$DIR"
 echo "== PostgreSQL on 127.0.0.1:$PG_PORT"
-mkdir "$DIR/pg" && chown postgres "$DIR/pg" && chown postgres "$DIR"
-runuser -u postgres -- "$PGBIN/initdb" -D "$DIR/pg" -A trust -U postgres --no-sync >/dev/null
-cat >> "$DIR/pg/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$DIR'
-wal_level = logical
-max_replication_slots = 4
-max_wal_senders = 4
-CONF
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/pg" -l "$DIR/pg/server.log" -w start >/dev/null
+services_start_kafka "$DIR"
+echo "== Apache Kafka $KAFKA_VERSION on $KAFKA_BOOTSTRAP"
 
-echo "== tansu broker on 127.0.0.1:$KAFKA_PORT"
-tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine memory://tansu/ >"$DIR/broker.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q "ready in" "$DIR/broker.log" 2>/dev/null && break; sleep 0.1; done
-
-export OUTBOX_RELAY_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-export OUTBOX_RELAY_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+METRICS_PORT=$(services_free_port)
+# The sample config, with this demo's addresses as environment overrides.
+export OUTBOX_RELAY_POSTGRES_URL="$PG_URL"
+export OUTBOX_RELAY_KAFKA_BROKERS="$KAFKA_BOOTSTRAP"
 export OUTBOX_RELAY_KAFKA_CREATE_TOPICS=true
 export OUTBOX_RELAY_METRICS_LISTEN="127.0.0.1:$METRICS_PORT"
-PSQL=(psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres)
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres)
 
-echo "== outbox-relay init"
-"$RELAY" init
-echo "== outbox-relay run (log: $DIR/relay.log)"
-"$RELAY" run >"$DIR/relay.log" 2>&1 &
-pids+=($!)
+echo "== outbox-relay --config relay.toml init"
+"$RELAY" --config relay.toml init
+echo "== outbox-relay --config relay.toml run (log: $DIR/relay.log)"
+"$RELAY" --config relay.toml run >"$DIR/relay.log" 2>&1 &
+RELAY_PID=$!
+services_wait "the relay to be ready (/readyz)" 60 curl -sf "http://127.0.0.1:$METRICS_PORT/readyz"
 
 echo "== an application writes: business rows + outbox rows in the same transactions"
 "${PSQL[@]}" -o /dev/null <<'SQL'
@@ -76,12 +70,18 @@ SELECT outbox_emit('payment', 'p-9', 'PaymentRequested', '{"order":"o-1","amount
 COMMIT;
 SQL
 
-echo "== what arrived on Kafka (outbox.order, outbox.payment)"
-"$TAIL" "$OUTBOX_RELAY_KAFKA_BROKERS" outbox.order 2 30
-"$TAIL" "$OUTBOX_RELAY_KAFKA_BROKERS" outbox.payment 1 30
+echo "== what arrived on Kafka (outbox.order, outbox.payment; waits up to 60 s for each)"
+"$TAIL" "$KAFKA_BOOTSTRAP" outbox.order 2 60 | tee "$DIR/order.txt"
+"$TAIL" "$KAFKA_BOOTSTRAP" outbox.payment 1 60 | tee "$DIR/payment.txt"
+grep -q 'OrderCreated' "$DIR/order.txt" && grep -q 'OrderUpdated' "$DIR/order.txt" \
+    || { echo "the two committed order events did not both arrive" >&2; exit 1; }
+if grep -q '"o-2"' "$DIR/order.txt"; then
+    echo "the rolled-back event was published" >&2
+    exit 1
+fi
 echo "== lag metrics (http://127.0.0.1:$METRICS_PORT/metrics)"
-sleep 1
-curl -s "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null | grep -E '^outbox_relay_(lag|events_published|checkpoint_lsn)' || true
+services_wait "the checkpoint metric" 30 sh -c "curl -s http://127.0.0.1:$METRICS_PORT/metrics | grep -q '^outbox_relay_checkpoint_lsn [1-9]'"
+curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^outbox_relay_(lag|events_published|checkpoint_lsn)'
 echo "== outbox-relay status"
-"$RELAY" status || true
+"$RELAY" --config relay.toml status
 echo "== done; stopping everything"

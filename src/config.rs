@@ -234,6 +234,11 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// Partitions of topics created by `create-topics`.
     pub topic_partitions: i32,
+    /// Replication factor of topics created by `create-topics`; `0` means
+    /// min(3, brokers in the cluster). Their `min.insync.replicas` is
+    /// min(2, replication factor): never a silent 1 on a multi-broker
+    /// cluster, which would quietly undo `acks=all`.
+    pub topic_replication_factor: i32,
     /// Dead-letter topic for rows that cannot be published.
     pub dlq_topic: String,
     /// Any librdkafka producer property, passed through.
@@ -249,6 +254,7 @@ impl Default for KafkaConfig {
             max_in_flight_bytes: 64 * 1024 * 1024,
             create_topics: false,
             topic_partitions: 3,
+            topic_replication_factor: 0,
             dlq_topic: "outbox.dlq".into(),
             properties: BTreeMap::new(),
         }
@@ -484,6 +490,12 @@ impl Config {
         }
         if self.kafka.topic_partitions < 1 {
             return Err(ConfigError::new("kafka.topic-partitions", "must be >= 1"));
+        }
+        if !(0..=32).contains(&self.kafka.topic_replication_factor) {
+            return Err(ConfigError::new(
+                "kafka.topic-replication-factor",
+                "must be 0 (min(3, brokers)) or 1-32",
+            ));
         }
         crate::sink::producer::check_properties(&self.kafka.properties)?;
         for (key, d) in [

@@ -72,7 +72,7 @@ async fn write_events(url: String, w: usize, n: usize, seed: u64) -> Vec<i64> {
 }
 
 /// Run `writers` concurrent writers of `per_writer` events each.
-async fn write_concurrently(
+pub(crate) async fn write_concurrently(
     env: &Env,
     writers: usize,
     per_writer: usize,
@@ -212,8 +212,8 @@ async fn rolled_back_transactions_and_other_tables_publish_nothing() {
     // The sentinel was committed after the rollbacks: once it is here,
     // anything from them would be too.
     let stray = crate::support::kafka::read_until_quiet_async(
-        &env.broker.bootstrap(),
-        "outbox.rollback",
+        &env.bootstrap(),
+        &env.topic("outbox.rollback"),
         Duration::from_secs(2),
         Duration::from_secs(10),
     )
@@ -277,7 +277,7 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_stay_within_the_window()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_unresponsive_for_ten_seconds_then_back_loses_nothing() {
-    let mut env = Env::start(&[TOPIC]).await;
+    let env = Env::start_own_broker(&[TOPIC], "", 1000).await;
     let mut relay = env.spawn_relay();
     let first = write_concurrently(&env, 2, 500, 3).await;
     let before = env.read_ids(TOPIC, &first, Duration::from_secs(60)).await;
@@ -328,8 +328,8 @@ async fn idle_outbox_with_traffic_elsewhere_advances_the_slot() {
     .await;
     // Nothing was published and nothing needed a checkpoint write.
     let msgs = crate::support::kafka::read_until_quiet_async(
-        &env.broker.bootstrap(),
-        TOPIC,
+        &env.bootstrap(),
+        &env.topic(TOPIC),
         Duration::from_secs(1),
         Duration::from_secs(5),
     )
@@ -402,8 +402,8 @@ async fn sigterm_drains_persists_and_restart_publishes_no_duplicates() {
     let all: HashSet<i64> = first.union(&second).copied().collect();
     let msgs = env.read_ids(TOPIC, &all, Duration::from_secs(60)).await;
     let extra = crate::support::kafka::read_until_quiet_async(
-        &env.broker.bootstrap(),
-        TOPIC,
+        &env.bootstrap(),
+        &env.topic(TOPIC),
         Duration::from_secs(2),
         Duration::from_secs(10),
     )

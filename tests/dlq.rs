@@ -85,7 +85,7 @@ async fn oversized_row_goes_to_the_dlq_and_the_rest_follow_in_order() {
             .contains("max-payload-bytes"),
         "{d:?}"
     );
-    assert_eq!(d.header_str("dlq.original.topic").as_deref(), Some(TOPIC));
+    assert_eq!(d.header_str("dlq.original.topic"), Some(env.topic(TOPIC)));
     assert_eq!(d.header_str("dlq.attempts").as_deref(), Some("1"));
     assert!(d.header_str("dlq.first.failure").is_some());
     assert!(d.header_str("lsn").is_some());
@@ -151,8 +151,8 @@ async fn invalid_topic_name_goes_to_the_dlq_and_replay_republishes_it() {
     env.client()
         .await
         .execute(
-            "UPDATE public.outbox SET topic = 'outbox.fixed' WHERE id = $1",
-            &[&bad],
+            "UPDATE public.outbox SET topic = $2 WHERE id = $1",
+            &[&bad, &env.topic("outbox.fixed")],
         )
         .await
         .unwrap();
@@ -174,7 +174,7 @@ async fn invalid_topic_name_goes_to_the_dlq_and_replay_republishes_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transient_outage_never_dead_letters() {
-    let mut env = Env::start(&[TOPIC]).await;
+    let env = Env::start_own_broker(&[TOPIC], "", 1000).await;
     let _relay = env.spawn_relay();
     let mut ids = HashSet::new();
     for i in 0..20 {
@@ -189,8 +189,8 @@ async fn a_transient_outage_never_dead_letters() {
     let msgs = env.read_ids(TOPIC, &ids, Duration::from_secs(60)).await;
     Arrival::of(&msgs).assert_complete(&ids);
     let dlq = kafka::read_until_quiet_async(
-        &env.broker.bootstrap(),
-        DLQ_TOPIC,
+        &env.bootstrap(),
+        &env.topic(DLQ_TOPIC),
         Duration::from_secs(2),
         Duration::from_secs(8),
     )
@@ -236,8 +236,8 @@ async fn block_mode_stalls_at_the_bad_row_until_it_is_deleted() {
     })
     .await;
     let stalled = kafka::read_until_quiet_async(
-        &env.broker.bootstrap(),
-        TOPIC,
+        &env.bootstrap(),
+        &env.topic(TOPIC),
         Duration::from_secs(2),
         Duration::from_secs(8),
     )
@@ -275,8 +275,8 @@ async fn block_mode_stalls_at_the_bad_row_until_it_is_deleted() {
         "resumed in order after the delete"
     );
     let dlq = kafka::read_until_quiet_async(
-        &env.broker.bootstrap(),
-        DLQ_TOPIC,
+        &env.bootstrap(),
+        &env.topic(DLQ_TOPIC),
         Duration::from_secs(1),
         Duration::from_secs(5),
     )

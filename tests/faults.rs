@@ -770,9 +770,9 @@ async fn postgres_refusing_connections_2s_through_proxy() {
 
 type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
 
-/// PostgreSQL (and an unused tansu) from the usual env, plus a librdkafka
-/// mock cluster with the relay's topics; the relay runs against the mock
-/// cluster with `relay.max-retry` = 3.
+/// PostgreSQL from the usual env, plus a librdkafka mock cluster with the
+/// relay's topics (unprefixed: the mock is this test's alone); the relay runs
+/// against the mock cluster with `relay.max-retry` = 3.
 async fn mock_setup() -> (Env, Mock, RelayProc) {
     let env = Env::start_with(&[], "", 1000).await;
     let mock = MockCluster::new(1).expect("mock cluster");
@@ -782,6 +782,11 @@ async fn mock_setup() -> (Env, Mock, RelayProc) {
     let bootstrap = mock.bootstrap_servers();
     let relay = env.spawn_relay_with(&[
         ("OUTBOX_RELAY_KAFKA_BROKERS", &bootstrap),
+        (
+            "OUTBOX_RELAY_KAFKA_TOPIC_TEMPLATE",
+            "outbox.{aggregate_type}",
+        ),
+        ("OUTBOX_RELAY_KAFKA_DLQ_TOPIC", DLQ_TOPIC),
         ("OUTBOX_RELAY_RELAY_MAX_RETRY", "3"),
         ("OUTBOX_RELAY_LOG", "info,outbox_relay=debug"),
     ]);
@@ -1278,9 +1283,10 @@ async fn one_huge_transaction_streams_with_bounded_memory() {
         .unwrap();
     let (lo, hi, count): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
     assert_eq!((hi - lo + 1, count), (n, n));
-    let bootstrap = env.broker.bootstrap();
+    let bootstrap = env.bootstrap();
+    let topic = env.topic(TOPIC);
     let msgs = tokio::task::spawn_blocking(move || {
-        read_lite(&bootstrap, TOPIC, n as usize, Duration::from_secs(900))
+        read_lite(&bootstrap, &topic, n as usize, Duration::from_secs(900))
     })
     .await
     .unwrap();

@@ -1,9 +1,17 @@
 //! A relay environment: PostgreSQL + broker + an initialised outbox, and the
 //! relay binary as a child process that tests can kill -9, SIGTERM, restart.
+//!
+//! Each env has a PostgreSQL cluster of its own (so its own database, slot and
+//! checkpoint). The broker is the binary-wide shared Apache Kafka unless the
+//! test injects broker faults ([`Env::start_own_broker`]); on the shared broker
+//! the env's topics, including its DLQ, carry a prefix of their own
+//! ([`Env::topic`]), and the relay's `topic-template` and `dlq-topic` say so.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_relay::sink::message::parse_lsn;
@@ -15,7 +23,7 @@ use crate::support::kafka::{self, Received};
 use crate::support::postgres::PgCluster;
 use crate::support::proxy::TcpProxy;
 
-/// The relay's default dead-letter topic, created in every env.
+/// The relay's dead-letter topic (before the env's prefix), created in every env.
 pub const DLQ_TOPIC: &str = "outbox.dlq";
 
 /// Path of the relay binary cargo built for this test run.
@@ -26,7 +34,10 @@ pub fn relay_bin() -> PathBuf {
 /// PostgreSQL, broker and a config file for the relay.
 pub struct Env {
     pub pg: PgCluster,
-    pub broker: Broker,
+    /// The shared broker, or one of the test's own (see [`Env::start_own_broker`]).
+    pub broker: Arc<Broker>,
+    /// Prepended to every topic this env uses (empty on a broker of its own).
+    pub prefix: String,
     pub dir: TempDir,
     /// Extra TOML appended to the generated config.
     pub extra_toml: String,
@@ -43,9 +54,40 @@ impl Env {
     }
 
     pub async fn start_with(topics: &[&str], extra_toml: &str, max_in_flight: usize) -> Env {
-        let (pg, broker) = tokio::join!(PgCluster::start(), Broker::start());
+        let (pg, broker) = tokio::join!(PgCluster::start(), Broker::shared());
         pg.create_database("app").await;
         Self::assemble(pg, broker, topics, extra_toml, max_in_flight).await
+    }
+
+    /// Like [`Env::start_with`] on a single-node broker of the test's own, which it may
+    /// pause, kill or restart (no topic prefix).
+    pub async fn start_own_broker(topics: &[&str], extra_toml: &str, max_in_flight: usize) -> Env {
+        let (pg, broker) = tokio::join!(PgCluster::start(), Broker::start());
+        pg.create_database("app").await;
+        Self::assemble(pg, Arc::new(broker), topics, extra_toml, max_in_flight).await
+    }
+
+    /// Like [`Env::start_with`] on a given broker (e.g. a three-node cluster).
+    pub async fn start_on(
+        broker: Arc<Broker>,
+        topics: &[&str],
+        extra_toml: &str,
+        max_in_flight: usize,
+    ) -> Env {
+        let pg = PgCluster::start().await;
+        pg.create_database("app").await;
+        Self::assemble(pg, broker, topics, extra_toml, max_in_flight).await
+    }
+
+    /// The physical name of `topic` for this env (its prefix prepended).
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+
+    /// `bootstrap.servers` for reading back and creating topics (the broker's internal
+    /// listener).
+    pub fn bootstrap(&self) -> String {
+        self.broker.admin_bootstrap()
     }
 
     pub fn url(&self) -> String {
@@ -66,6 +108,7 @@ connect-timeout = "5s"
 [kafka]
 brokers = "{brokers}"
 max-in-flight = {mif}
+{topics}
 
 [kafka.properties]
 "linger.ms" = "2"
@@ -84,6 +127,14 @@ shutdown-timeout = "10s"
             url = self.url(),
             brokers = self.broker.bootstrap(),
             mif = self.max_in_flight,
+            topics = if self.prefix.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "topic-template = \"{p}outbox.{{aggregate_type}}\"\ndlq-topic = \"{p}{DLQ_TOPIC}\"",
+                    p = self.prefix
+                )
+            },
             metrics_port = self.metrics_port,
             extra = self.extra_toml,
         );
@@ -167,8 +218,9 @@ shutdown-timeout = "10s"
         parse_lsn(&r.get::<_, String>(0)).expect("lsn")
     }
 
+    /// Reads `topic` (before the env's prefix) from the start until `expected` records.
     pub async fn read(&self, topic: &str, expected: usize, deadline: Duration) -> Vec<Received> {
-        kafka::read_all_async(&self.broker.bootstrap(), topic, expected, deadline).await
+        kafka::read_all_async(&self.bootstrap(), &self.topic(topic), expected, deadline).await
     }
 
     /// Read until every id of `ids` arrived at least once (duplicates do
@@ -181,15 +233,20 @@ shutdown-timeout = "10s"
     ) -> Vec<Received> {
         let mut want = ids.clone();
         let mut seen = 0;
-        kafka::read_until_async(&self.broker.bootstrap(), topic, deadline, move |got| {
-            for m in &got[seen..] {
-                if let Some(id) = m.header_str("id").and_then(|s| s.parse::<i64>().ok()) {
-                    want.remove(&id);
+        kafka::read_until_async(
+            &self.bootstrap(),
+            &self.topic(topic),
+            deadline,
+            move |got| {
+                for m in &got[seen..] {
+                    if let Some(id) = m.header_str("id").and_then(|s| s.parse::<i64>().ok()) {
+                        want.remove(&id);
+                    }
                 }
-            }
-            seen = got.len();
-            want.is_empty()
-        })
+                seen = got.len();
+                want.is_empty()
+            },
+        )
         .await
     }
 }
@@ -208,7 +265,7 @@ impl Env {
     ) -> (Env, TcpProxy) {
         let (pg, (broker, proxy)) = tokio::join!(PgCluster::start(), Broker::start_proxied());
         pg.create_database("app").await;
-        let env = Self::assemble(pg, broker, topics, extra_toml, max_in_flight).await;
+        let env = Self::assemble(pg, Arc::new(broker), topics, extra_toml, max_in_flight).await;
         (env, proxy)
     }
 
@@ -221,7 +278,7 @@ impl Env {
         max_in_flight: usize,
         create_db_sql: &str,
     ) -> Env {
-        let (pg, broker) = tokio::join!(PgCluster::start(), Broker::start());
+        let (pg, broker) = tokio::join!(PgCluster::start(), Broker::shared());
         pg.client()
             .await
             .batch_execute(create_db_sql)
@@ -233,14 +290,21 @@ impl Env {
     /// Config file, topics (4 partitions each, plus the DLQ) and `init`.
     async fn assemble(
         pg: PgCluster,
-        broker: Broker,
+        broker: Arc<Broker>,
         topics: &[&str],
         extra_toml: &str,
         max_in_flight: usize,
     ) -> Env {
+        static ENVS: AtomicUsize = AtomicUsize::new(0);
+        let prefix = if broker.is_shared() {
+            format!("it{}.", ENVS.fetch_add(1, Ordering::SeqCst))
+        } else {
+            String::new()
+        };
         let env = Env {
             pg,
             broker,
+            prefix,
             dir: tempfile::tempdir().expect("tempdir"),
             extra_toml: extra_toml.to_string(),
             max_in_flight,
@@ -248,7 +312,7 @@ impl Env {
         };
         env.write_config();
         for t in topics.iter().chain(&[DLQ_TOPIC]) {
-            kafka::create_topic(&env.broker.bootstrap(), t, 4).await;
+            kafka::create_topic(&env.bootstrap(), &env.topic(t), 4).await;
         }
         let out = env.relay_command(&["init"]).output().expect("run init");
         assert!(
@@ -271,6 +335,25 @@ impl Env {
             .await
             .expect("row status");
         (r.get(0), r.get(1))
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.broker.is_shared() {
+            let kept = crate::support::tmp_root().join(format!(
+                "outbox-it-shared-kafka-{}-{}.log",
+                std::process::id(),
+                self.prefix.trim_end_matches('.')
+            ));
+            let _ = std::fs::copy(self.broker.log_path(), &kept);
+            eprintln!(
+                "--- shared broker (topics of this env start with {:?}; log copied to {}) ---\n{}",
+                self.prefix,
+                kept.display(),
+                self.broker.logs_tail(30)
+            );
+        }
     }
 }
 

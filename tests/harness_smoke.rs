@@ -1,16 +1,16 @@
 //! Smoke test of the integration-test harness (tests/support) against real PostgreSQL 15
-//! and tansu 0.6.0. The `#[ignore]`d tests are explorations of broker behaviour that print
-//! their findings: `cargo test --test harness_smoke -- --ignored --nocapture`.
+//! and Apache Kafka: single node, proxied node, three-node cluster, and the guarantee that
+//! no JVM outlives the test process.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use support::broker::Broker;
 use support::kafka::{self, create_topic, read_all_async};
@@ -217,247 +217,86 @@ async fn proxied_broker_survives_cut_and_pause() {
     assert_eq!(payloads, ["m0", "m1", "m2"]);
 }
 
-/// Exploration: auto-creation of topics on produce.
+/// The three-node cluster: topics get replication factor 3, a produce with `acks=all`
+/// survives `kill -9` of a partition leader, and the node comes back on its data.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore]
-async fn explore_autocreate() {
-    let broker = Broker::start().await;
-    let bootstrap = broker.bootstrap();
-    let p = producer(&bootstrap, &[("message.timeout.ms", "5000")]);
-    let t0 = Instant::now();
-    let res = p
-        .send(
-            FutureRecord::to("does-not-exist").key("k").payload("v"),
-            Duration::from_secs(1),
-        )
-        .await;
-    println!(
-        "FINDING autocreate: produce to nonexistent topic after {:?}: {:?}",
-        t0.elapsed(),
-        res.as_ref().map_err(|(e, _)| e)
-    );
-    let b = bootstrap.clone();
-    let count = tokio::task::spawn_blocking(move || kafka::partition_count(&b, "does-not-exist"))
-        .await
+async fn cluster_keeps_acked_messages_across_a_leader_kill() {
+    let cluster = Broker::cluster().await;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "ha", 1).await;
+    let p = producer(&bootstrap, &[("message.timeout.ms", "60000")]);
+    for i in 0..50u32 {
+        let payload = format!("m{i}");
+        p.send_result(FutureRecord::to("ha").key("k").payload(&payload))
+            .map_err(|(e, _)| e)
+            .unwrap()
+            .await
+            .unwrap()
+            .expect("delivered before the kill");
+    }
+    let leader = kafka::partition_leader(&bootstrap, "ha", 0).expect("a leader");
+    cluster.kill_node(leader as usize);
+    for i in 50..100u32 {
+        let payload = format!("m{i}");
+        p.send_result(FutureRecord::to("ha").key("k").payload(&payload))
+            .map_err(|(e, _)| e)
+            .unwrap()
+            .await
+            .unwrap()
+            .expect("delivered after the leader died (two in-sync replicas left)");
+    }
+    cluster.restart_node(leader as usize).await;
+    let got = read_all_async(&bootstrap, "ha", 100, Duration::from_secs(60)).await;
+    let payloads: Vec<String> = got.iter().filter_map(|r| r.payload_str()).collect();
+    let want: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, want);
+}
+
+/// No JVM outlives the test process, even one killed with SIGKILL (which runs no
+/// destructor): this test re-runs itself as a child that starts a broker, prints the JVM's
+/// pid and waits to be killed; after `kill -9` of the child the JVM must be gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_jvm_outlives_a_killed_test_process() {
+    if std::env::var_os("OUTBOX_HARNESS_CHILD").is_some() {
+        let broker = Broker::shared().await;
+        println!("JVM_PID={}", broker.pid());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        return;
+    }
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "no_jvm_outlives_a_killed_test_process",
+            "--nocapture",
+        ])
+        .env("OUTBOX_HARNESS_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    println!("FINDING autocreate: partition count afterwards: {count:?}");
-    let b = bootstrap.clone();
-    let md_err = tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = kafka::client_config(&b)
-            .set("allow.auto.create.topics", "true")
-            .create()
-            .unwrap();
-        let md = c
-            .fetch_metadata(Some("does-not-exist-2"), Duration::from_secs(5))
-            .unwrap();
-        md.topics()
-            .iter()
-            .map(|t| (t.name().to_string(), t.error(), t.partitions().len()))
-            .collect::<Vec<_>>()
+    let stdout = child.stdout.take().unwrap();
+    let pid: i32 = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("JVM_PID=").map(|p| p.parse().unwrap()))
+            .expect("child printed the JVM pid")
     })
     .await
     .unwrap();
-    println!("FINDING autocreate: metadata(allow_auto_create=true) for a new topic: {md_err:?}");
-}
-
-/// Exploration: oversize messages.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore]
-async fn explore_oversize() {
-    let broker = Broker::start().await;
-    let bootstrap = broker.bootstrap();
-    create_topic(&bootstrap, "big", 1).await;
-    // Default librdkafka limit first (message.max.bytes = 1000000).
-    let p = producer(&bootstrap, &[("message.timeout.ms", "10000")]);
-    let big = vec![b'x'; 2 * 1024 * 1024];
-    match p.send_result(FutureRecord::to("big").key("k").payload(&big)) {
-        Err((e, _)) => println!(
-            "FINDING oversize (client default limit): 2 MiB rejected at enqueue: {e:?} / {e}"
-        ),
-        Ok(f) => println!(
-            "FINDING oversize (client default limit): 2 MiB enqueued; delivery: {:?}",
-            f.await.unwrap().map(|d| d.offset).map_err(|(e, _)| e)
-        ),
-    }
-    // A topic-level limit: does tansu enforce max.message.bytes?
-    kafka::create_topic_with(&bootstrap, "small", 1, &[("max.message.bytes", "1000")]).await;
-    let res = p
-        .send(
-            FutureRecord::to("small")
-                .key("k")
-                .payload(&vec![b'z'; 5000]),
-            Duration::from_secs(1),
-        )
-        .await;
-    println!(
-        "FINDING oversize: 5000 bytes to topic with max.message.bytes=1000: {:?}",
-        res.as_ref()
-            .map(|d| (d.partition, d.offset))
-            .map_err(|(e, _)| e)
-    );
-    let p = producer(
-        &bootstrap,
-        &[
-            ("message.timeout.ms", "10000"),
-            ("message.max.bytes", "100000000"),
-        ],
-    );
-    for size in [900 * 1024, 2 * 1024 * 1024, 20 * 1024 * 1024] {
-        let payload = vec![b'y'; size];
-        let t0 = Instant::now();
-        let res = p
-            .send(
-                FutureRecord::to("big").key("k").payload(&payload),
-                Duration::from_secs(1),
-            )
-            .await;
-        println!(
-            "FINDING oversize (message.max.bytes=100MB): {size} bytes after {:?}: {:?}",
-            t0.elapsed(),
-            res.as_ref()
-                .map(|d| (d.partition, d.offset))
-                .map_err(|(e, _)| e)
-        );
-    }
-    let got = kafka::read_until_quiet_async(
-        &bootstrap,
-        "big",
-        Duration::from_secs(3),
-        Duration::from_secs(30),
+    assert!(unsafe { libc::kill(pid, 0) } == 0, "JVM {pid} running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    support::wait_until_msg(
+        "the JVM to be gone after its test process was killed",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async move {
+            // Gone, or a zombie awaiting its (new) parent's reaping.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z")
+        },
     )
     .await;
-    println!(
-        "FINDING oversize: read back sizes: {:?}",
-        got.iter()
-            .map(|r| r.payload.as_ref().map(|p| p.len()))
-            .collect::<Vec<_>>()
-    );
-}
-
-/// Exploration: SIGSTOP the broker for 10 s while producing.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore]
-async fn explore_pause_resume() {
-    for extra in [
-        vec![("message.timeout.ms", "60000")],
-        vec![
-            ("message.timeout.ms", "60000"),
-            ("request.timeout.ms", "3000"),
-        ],
-        // Messages time out while the broker is stopped: does the producer recover?
-        vec![
-            ("message.timeout.ms", "4000"),
-            ("request.timeout.ms", "3000"),
-        ],
-    ] {
-        let mut broker = Broker::start().await;
-        let bootstrap = broker.bootstrap();
-        create_topic(&bootstrap, "paused", 2).await;
-        let p = producer(&bootstrap, &extra);
-        p.send(
-            FutureRecord::to("paused").key("k0").payload("before"),
-            Duration::from_secs(1),
-        )
-        .await
-        .expect("first delivery");
-        broker.pause();
-        let t_pause = Instant::now();
-        let mut futs = Vec::new();
-        for i in 0..20 {
-            let key = format!("k{i}");
-            let payload = format!("during-{i}");
-            futs.push(
-                p.send_result(FutureRecord::to("paused").key(&key).payload(&payload))
-                    .map_err(|(e, _)| e)
-                    .unwrap(),
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        let remaining = Duration::from_secs(10).saturating_sub(t_pause.elapsed());
-        tokio::time::sleep(remaining).await;
-        broker.resume();
-        let t_resume = Instant::now();
-        let mut ok = 0;
-        let mut errs = Vec::new();
-        for f in futs {
-            match f.await.unwrap() {
-                Ok(_) => ok += 1,
-                Err((e, _)) => errs.push(e.to_string()),
-            }
-        }
-        println!(
-            "FINDING pause {extra:?}: after resume {:?}: {ok} ok, errors {errs:?}",
-            t_resume.elapsed()
-        );
-        let t = Instant::now();
-        let res = p
-            .send(
-                FutureRecord::to("paused").key("k0").payload("after"),
-                Duration::from_secs(1),
-            )
-            .await;
-        println!(
-            "FINDING pause {extra:?}: next produce {:?} in {:?}",
-            res.as_ref()
-                .map(|d| (d.partition, d.offset))
-                .map_err(|(e, _)| e),
-            t.elapsed()
-        );
-        println!(
-            "FINDING pause {extra:?}: fatal_error after that: {:?}",
-            p.client().fatal_error()
-        );
-        if res.is_err() {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let res = p
-                .send(
-                    FutureRecord::to("paused").key("k0").payload("after-2"),
-                    Duration::from_secs(1),
-                )
-                .await;
-            println!(
-                "FINDING pause {extra:?}: produce 2 s later {:?}, fatal_error {:?}",
-                res.as_ref()
-                    .map(|d| (d.partition, d.offset))
-                    .map_err(|(e, _)| e),
-                p.client().fatal_error()
-            );
-            let fresh = producer(&bootstrap, &extra);
-            let res = fresh
-                .send(
-                    FutureRecord::to("paused").key("k0").payload("fresh"),
-                    Duration::from_secs(1),
-                )
-                .await;
-            println!(
-                "FINDING pause {extra:?}: a new producer: {:?}",
-                res.as_ref()
-                    .map(|d| (d.partition, d.offset))
-                    .map_err(|(e, _)| e)
-            );
-        }
-        let _ = p.flush(Duration::from_secs(10));
-        let got = kafka::read_until_quiet_async(
-            &bootstrap,
-            "paused",
-            Duration::from_secs(3),
-            Duration::from_secs(30),
-        )
-        .await;
-        println!(
-            "FINDING pause {extra:?}: read back (partition, offset, payload): {:?}",
-            got.iter()
-                .map(|r| (r.partition, r.offset, r.payload_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-        );
-        let mut payloads: Vec<String> = got.iter().filter_map(|r| r.payload_str()).collect();
-        let n = payloads.len();
-        payloads.sort();
-        payloads.dedup();
-        println!(
-            "FINDING pause {extra:?}: read back {n} records, {} distinct (expected 22)",
-            payloads.len()
-        );
-    }
 }

@@ -165,8 +165,8 @@ async fn never_marks_a_row_that_is_not_on_the_broker_even_across_a_crash() {
     }
     let processed = ids_with_status(&env, "PROCESSED").await;
     let on_broker: HashSet<i64> = crate::support::kafka::read_until_quiet_async(
-        &env.broker.bootstrap(),
-        TOPIC,
+        &env.bootstrap(),
+        &env.topic(TOPIC),
         Duration::from_secs(2),
         Duration::from_secs(30),
     )

@@ -1,9 +1,10 @@
 //! The integration suite: one binary, every test against a real PostgreSQL
-//! 15 cluster and a real Kafka-protocol broker (tansu) started by the
+//! 15 cluster and a real Apache Kafka broker (KRaft) started by the
 //! harness in `support/`, with the relay run as the real `outbox-relay`
 //! process. Every assertion is on data read back from where it landed: the
 //! broker, the tables, the slot.
 
+mod apache_kafka;
 mod cli;
 mod config_keys;
 mod core;
@@ -14,6 +15,7 @@ mod fixture;
 mod janitor;
 mod observability;
 mod odd_data;
+mod relay_toml;
 mod security;
 mod sql_files;
 mod support;

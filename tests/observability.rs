@@ -670,7 +670,7 @@ async fn prometheus_scrapes_lag_from_the_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_endpoints_follow_stream_and_broker() {
-    let mut env = Env::start(&[TOPIC]).await;
+    let env = Env::start_own_broker(&[TOPIC], "", 1000).await;
     let _relay = ready_relay(&env).await;
     let addr = metrics_addr(&env);
     assert_eq!(

@@ -88,8 +88,8 @@ async fn good_rows_in_order(env: &Env, good: &[i64], odd: i64) {
 async fn dlq_message(env: &Env, id: i64) -> Received {
     let want = id.to_string();
     let msgs = kafka::read_until_async(
-        &env.broker.bootstrap(),
-        DLQ_TOPIC,
+        &env.bootstrap(),
+        &env.topic(DLQ_TOPIC),
         Duration::from_secs(60),
         {
             let want = want.clone();
@@ -226,7 +226,7 @@ async fn ten_megabyte_event_data_is_dead_lettered_without_its_value() {
         &d,
         odd,
         "event_data is 10485772 bytes, over relay.max-payload-bytes = 1000000",
-        TOPIC,
+        &env.topic(TOPIC),
     );
     assert!(
         d.payload.as_deref().unwrap_or_default().is_empty(),
@@ -280,8 +280,8 @@ async fn ten_thousand_headers_are_published() {
     }
     assert_eq!(m.header_str("h10000").as_deref(), Some("v10000"));
     let dlq = kafka::read_until_quiet_async(
-        &env.broker.bootstrap(),
-        DLQ_TOPIC,
+        &env.bootstrap(),
+        &env.topic(DLQ_TOPIC),
         Duration::from_secs(1),
         Duration::from_secs(4),
     )

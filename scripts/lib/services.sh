@@ -114,6 +114,8 @@ LOG
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/kafka/server.properties" \
         >"$dir/kafka/broker.log" 2>&1 </dev/null &
     _SERVICES_KAFKA_PID=$!
+    # No "Killed" job notice when services_stop ends it.
+    disown "$_SERVICES_KAFKA_PID" 2>/dev/null || true
     KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
     if ! services_wait "Kafka to start (log: $dir/kafka/broker.log)" 90 grep -q 'Kafka Server started' "$dir/kafka/broker.log"; then
         tail -20 "$dir/kafka/broker.log" >&2

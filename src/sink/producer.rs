@@ -46,6 +46,10 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("queue.buffering.max.messages", "1000000"),
     ("message.timeout.ms", "300000"),
     ("socket.keepalive.enable", "true"),
+    // The Java client's partitioner (murmur2 of the key), not librdkafka's CRC32 default:
+    // a key lands on the partition Java producers and Debezium put it on, so one
+    // aggregate's events never split across partitions when a team moves to the relay.
+    ("partitioner", "murmur2_random"),
 ];
 
 /// Reject pass-through properties that would break ordering or that have a
@@ -255,6 +259,8 @@ pub struct Publisher {
     admin: Option<AdminClient<DefaultClientContext>>,
     known_topics: HashSet<String>,
     topic_partitions: i32,
+    /// `kafka.topic-replication-factor`, resolved from the cluster size on first use when 0.
+    topic_replication: i32,
 }
 
 impl Publisher {
@@ -301,6 +307,7 @@ impl Publisher {
                 admin,
                 known_topics: HashSet::new(),
                 topic_partitions: cfg.kafka.topic_partitions,
+                topic_replication: cfg.kafka.topic_replication_factor,
             },
             rx,
         ))
@@ -316,6 +323,21 @@ impl Publisher {
             .map_err(|e| RelayError::kafka("no broker answered a metadata request", e))
     }
 
+    /// Number of brokers in the cluster (a blocking metadata request, once per session).
+    fn cluster_size(&self, admin: &AdminClient<DefaultClientContext>) -> Result<i32> {
+        let fetch = || {
+            admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| m.brokers().len() as i32)
+                .map_err(|e| RelayError::kafka("asking the cluster for its brokers", e))
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(fetch),
+            _ => fetch(),
+        }
+    }
+
     /// Create `topic` if `kafka.create-topics` is on and we have not seen it.
     pub async fn ensure_topic(&mut self, topic: &str) -> Result<()> {
         let Some(admin) = &self.admin else {
@@ -324,7 +346,16 @@ impl Publisher {
         if self.known_topics.contains(topic) {
             return Ok(());
         }
-        let nt = NewTopic::new(topic, self.topic_partitions, TopicReplication::Fixed(1));
+        if self.topic_replication <= 0 {
+            self.topic_replication = self.cluster_size(admin)?.clamp(1, 3);
+        }
+        let min_isr = self.topic_replication.min(2).to_string();
+        let nt = NewTopic::new(
+            topic,
+            self.topic_partitions,
+            TopicReplication::Fixed(self.topic_replication),
+        )
+        .set("min.insync.replicas", &min_isr);
         let res = admin
             .create_topics(
                 &[nt],

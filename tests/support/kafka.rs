@@ -58,7 +58,7 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
     cfg
 }
 
-/// Creates `name` with `partitions` partitions (replication 1) and waits until metadata
+/// Creates `name` with `partitions` partitions (replication min(3, brokers)) and waits until metadata
 /// shows all partitions. Panics on failure (including "already exists").
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     create_topic_with(bootstrap, name, partitions, &[]).await
@@ -74,7 +74,14 @@ pub async fn create_topic_with(
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap)
         .create()
         .expect("create AdminClient");
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let brokers = {
+        let b = bootstrap.to_string();
+        tokio::task::spawn_blocking(move || super::broker::broker_count(&b))
+            .await
+            .expect("broker count")
+            .clamp(1, 3) as i32
+    };
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(brokers));
     for (k, v) in config {
         topic = topic.set(k, v);
     }
@@ -99,6 +106,17 @@ pub async fn create_topic_with(
     })
     .await
     .expect("wait for topic metadata");
+}
+
+/// The node id leading `topic`'s `partition`, per metadata (blocking).
+pub fn partition_leader(bootstrap: &str, topic: &str, partition: i32) -> Option<i32> {
+    let consumer: BaseConsumer = client_config(bootstrap).create().ok()?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let t = md.topics().iter().find(|t| t.name() == topic)?;
+    let p = t.partitions().iter().find(|p| p.id() == partition)?;
+    (p.leader() >= 0).then_some(p.leader())
 }
 
 /// Partition count of `topic` per broker metadata, or `None` if it doesn't exist (blocking).

@@ -1,4 +1,4 @@
-//! Integration-test harness: real PostgreSQL clusters, a real Kafka-protocol broker (tansu),
+//! Integration-test harness: real PostgreSQL clusters, real Apache Kafka (KRaft) brokers,
 //! Kafka helpers and a pausable TCP proxy. Every process/socket is cleaned up on `Drop`,
 //! including during a panic; on a panic the temporary directories (with logs) are kept and
 //! their paths printed. Set `OUTBOX_TEST_KEEP=1` to keep them always.

@@ -1,0 +1,6 @@
+package dev.outboxrelay.spring.it;
+
+import org.springframework.data.jpa.repository.JpaRepository;
+
+public interface OrderRepository extends JpaRepository<Order, String> {
+}
