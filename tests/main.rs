@@ -15,6 +15,7 @@ mod fixture;
 mod janitor;
 mod observability;
 mod odd_data;
+mod refusals;
 mod relay_toml;
 mod security;
 mod sql_files;
