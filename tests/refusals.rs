@@ -138,7 +138,9 @@ async fn block_mode_keeps_rows_behind_a_broker_refused_row_until_the_limit_is_ra
         .chain(after.iter())
         .copied()
         .collect();
-    let msgs = env.read_ids("outbox.limited", &want, Duration::from_secs(60)).await;
+    let msgs = env
+        .read_ids("outbox.limited", &want, Duration::from_secs(60))
+        .await;
     let mut expect = before.clone();
     expect.push(big);
     expect.extend(&after);
@@ -165,7 +167,9 @@ async fn dlq_mode_dead_letters_only_the_refused_row_of_a_batch() {
 
     let good: Vec<i64> = before.iter().chain(after.iter()).copied().collect();
     let want: HashSet<i64> = good.iter().copied().collect();
-    let msgs = env.read_ids("outbox.limited", &want, Duration::from_secs(90)).await;
+    let msgs = env
+        .read_ids("outbox.limited", &want, Duration::from_secs(90))
+        .await;
     assert_eq!(
         first_seen(&msgs),
         good,
