@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::decode::OutboxRecord;
 use crate::error::ConfigError;
 use crate::error::{RelayError, Result};
+use crate::sink::classify::SinkError;
 use crate::sink::message::{headers, TxnMeta};
 
 /// Properties the relay sets and a user may not weaken: they are what keeps
@@ -128,6 +129,12 @@ pub struct MsgTag {
     pub first_failure: Option<std::time::SystemTime>,
     /// This is the dead-letter copy, not the original.
     pub is_dlq: bool,
+    /// Sent alone (nothing else in flight): a refusal is this row's own and
+    /// counts as an attempt; in a batch it may be a neighbour's.
+    pub isolated: bool,
+    /// Bytes the message holds in the producer (key, value, headers), for
+    /// `kafka.max-in-flight-bytes`.
+    pub bytes: usize,
 }
 
 impl MsgTag {
@@ -141,6 +148,8 @@ impl MsgTag {
             attempt: 1,
             first_failure: None,
             is_dlq: false,
+            isolated: false,
+            bytes: 0,
         })
     }
 }
@@ -149,8 +158,8 @@ impl MsgTag {
 /// retried or dead-lettered. Only failures are copied.
 #[derive(Debug, Clone)]
 pub struct FailedMessage {
-    /// The error librdkafka reported.
-    pub error: KafkaError,
+    /// The error, classified.
+    pub error: SinkError,
     /// Topic it was sent to.
     pub topic: String,
     /// Key as sent.
@@ -219,7 +228,7 @@ impl ProducerContext for ReportingContext {
         let result = match result {
             Ok(m) => Ok(m.topic().to_string()),
             Err((e, m)) => Err(Box::new(FailedMessage {
-                error: e.clone(),
+                error: SinkError::from_kafka(e),
                 topic: m.topic().to_string(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
@@ -244,8 +253,8 @@ impl ProducerContext for ReportingContext {
 pub enum SendError {
     /// librdkafka's local queue is full: wait for a delivery report, retry.
     QueueFull,
-    /// Anything else; classified by [`crate::sink::classify`].
-    Kafka(KafkaError),
+    /// Anything else, classified by [`crate::sink::classify`].
+    Refused(SinkError),
 }
 
 fn classify_send<K, P>(
@@ -257,7 +266,7 @@ where
 {
     let err = match e {
         KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
-        other => SendError::Kafka(other),
+        other => SendError::Refused(SinkError::from_kafka(&other)),
     };
     (err, rec.delivery_opaque)
 }
@@ -405,6 +414,35 @@ impl Publisher {
         }
         self.known_topics.insert(topic.to_string());
         Ok(())
+    }
+
+    /// Whether `topic` can take messages: created when `kafka.create-topics`
+    /// is on, otherwise asked of the broker once (a metadata request) so a
+    /// missing topic is known at once instead of after librdkafka's
+    /// `topic.metadata.propagation.max.ms`. Only existing topics are cached.
+    pub async fn topic_exists(&mut self, topic: &str) -> Result<bool> {
+        if self.admin.is_some() {
+            self.ensure_topic(topic).await?;
+            return Ok(true);
+        }
+        if self.known_topics.contains(topic) {
+            return Ok(true);
+        }
+        let client = self.producer.client();
+        let ask = || client.fetch_metadata(Some(topic), Duration::from_secs(10));
+        let md = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(ask),
+            _ => ask(),
+        }
+        .map_err(|e| RelayError::kafka(format!("metadata for topic {topic}"), e))?;
+        let exists = md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if exists {
+            self.known_topics.insert(topic.to_string());
+        }
+        Ok(exists)
     }
 
     /// Enqueue one record.
