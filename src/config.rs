@@ -497,7 +497,7 @@ impl Config {
                 "must be 0 (min(3, brokers)) or 1-32",
             ));
         }
-        crate::sink::producer::check_properties(&self.kafka.properties)?;
+        crate::sink::kafka_config::check_properties(&self.kafka.properties)?;
         for (key, d) in [
             ("relay.checkpoint-interval", self.relay.checkpoint_interval),
             ("relay.backoff-initial", self.relay.backoff_initial),

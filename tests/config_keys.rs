@@ -159,6 +159,16 @@ const CASES: &[(&str, &str, &str)] = &[
     ("kafka.create-topics", "\"yes\"", "wrong type"),
     ("kafka.topic-partitions", "0", "zero"),
     ("kafka.topic-partitions", "3000000000", "out of range"),
+    (
+        "kafka.topic-replication-factor",
+        "-1",
+        "0 (min(3, brokers)) or 1-32",
+    ),
+    (
+        "kafka.topic-replication-factor",
+        "33",
+        "0 (min(3, brokers)) or 1-32",
+    ),
     ("kafka.dlq-topic", "\"dead letters\"", "illegal characters"),
     ("kafka.dlq-topic", "\"..\"", "reserved name"),
     ("kafka.properties", "\"linger.ms=5\"", "wrong type"),

@@ -205,14 +205,19 @@ impl<'a> Session<'a> {
                 Ok(SessionEnd::Stopped)
             }
             Err(e) => {
-                // Deliveries of a producer that stopped for good fail as
-                // "purged"; the producer's own error says why (and decides
-                // whether the relay retries or stops).
-                let e = sink.fatal_error().unwrap_or(e);
+                // A producer that stopped for good (the gap-less guarantee
+                // stops it on any refused batch) says why, and its error
+                // decides whether the relay retries or stops. Either way the
+                // refusals already reported are noted first, so the next
+                // session sends those rows alone.
+                let fatal = sink.fatal_error();
+                let refused = e.class() == ErrorClass::Permanent || fatal.is_some();
+                let e = fatal.unwrap_or(e);
                 // Whatever is in flight will be replayed from the checkpoint.
                 sink.purge();
-                if e.class() == ErrorClass::Permanent {
+                if refused {
                     self.note_batch_refusals(&mut sink).await;
+                    self.policy.count_lone_refusal(&mut self.stats.refusals);
                 }
                 stream.close(false).await;
                 Err(e)
