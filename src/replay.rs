@@ -133,7 +133,7 @@ pub async fn replay(client: &Client, cfg: &Config, id: i64) -> Result<String> {
         .send(&rec, &meta, &topic, tag)
         .map_err(|(e, _)| match e {
             SendError::QueueFull => RelayError::Timeout("producer queue full".into()),
-            SendError::Kafka(k) => RelayError::kafka(format!("producing outbox row id={id}"), k),
+            SendError::Refused(k) => RelayError::sink(format!("producing outbox row id={id}"), k),
         })?;
     let report = tokio::time::timeout(Duration::from_secs(60), reports.recv())
         .await
@@ -142,7 +142,7 @@ pub async fn replay(client: &Client, cfg: &Config, id: i64) -> Result<String> {
         })?
         .ok_or_else(|| RelayError::Timeout("producer closed".into()))?;
     if let Err(failed) = report.result {
-        return Err(RelayError::kafka(
+        return Err(RelayError::sink(
             format!("replaying outbox row id={id}"),
             failed.error,
         ));

@@ -17,6 +17,7 @@ mod janitor;
 mod kafka_security;
 mod observability;
 mod odd_data;
+mod refusals;
 mod relay_toml;
 mod security;
 mod sql_files;

@@ -22,35 +22,21 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::error::{RelayError, Result};
+use crate::sink::kafka_config::ClientRole;
 
 use super::ledger::{LsnTag, Relay};
 
 /// Deadline of one metadata or offset request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The consumer's librdkafka configuration: the connection and security
-/// properties of `kafka.properties`, then the settings `verify` needs.
+/// The consumer's librdkafka configuration: how to reach and authenticate to
+/// the cluster as every client of the relay does (the connection and
+/// security settings of [`ClientRole::Admin`]), then what `verify` needs.
 pub fn consumer_config(cfg: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &cfg.kafka.properties {
-        let connection = [
-            "security.",
-            "sasl.",
-            "ssl.",
-            "socket.",
-            "broker.",
-            "client.",
-        ]
-        .iter()
-        .any(|p| k.starts_with(p));
-        if connection {
-            c.set(k, v);
-        }
-    }
-    c.set("bootstrap.servers", cfg.kafka_brokers())
-        // Partitions are assigned, never subscribed: the group id is only
-        // a name; nothing is committed.
-        .set("group.id", "outbox-relay-verify")
+    let mut c = cfg.kafka.to_rdkafka(ClientRole::Admin);
+    // Partitions are assigned, never subscribed: the group id is only a
+    // name; nothing is committed.
+    c.set("group.id", "outbox-relay-verify")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
