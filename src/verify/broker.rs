@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -68,9 +68,13 @@ impl ClientContext for VerifyContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) => tracing::debug!(target: "librdkafka", "{reason}"),
-            e => tracing::warn!(target: "librdkafka", error = %e, "{reason}"),
+        // Also reported as a global error event, not only per partition.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+            || matches!(error, KafkaError::PartitionEOF(_))
+        {
+            tracing::debug!(target: "librdkafka", "{reason}");
+        } else {
+            tracing::warn!(target: "librdkafka", error = %error, "{reason}");
         }
     }
 }
