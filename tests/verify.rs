@@ -355,7 +355,7 @@ async fn fill_to(env: &Env, have: i64, total: i64) {
     let target = outbox_relay::sink::message::parse_lsn(&target).unwrap();
     crate::support::wait_until_msg(
         "the relay published every row",
-        Duration::from_secs(900),
+        Duration::from_secs(1800),
         Duration::from_millis(500),
         || async { env.checkpoint().await.is_some_and(|c| c >= target) },
     )
