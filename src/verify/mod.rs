@@ -159,9 +159,20 @@ pub async fn execute(cfg: &Config, args: &VerifyArgs) -> Result<()> {
 
 /// Compare the window's rows with the broker.
 pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<Report> {
+    let progress = progress_bar(args.json);
+    let report = compare(cfg, args, &progress).await;
+    // Also on an error, so its one line is not glued to a spinner.
+    progress.finish_and_clear();
+    report
+}
+
+async fn compare(
+    cfg: &Config,
+    args: &VerifyArgs,
+    progress: &indicatif::ProgressBar,
+) -> Result<Report> {
     let sel = args.selection();
     let mut client = crate::source::control::connect(cfg, "verify").await?;
-    let progress = progress_bar(args.json);
     progress.set_message("reading the window's rows");
     let w = window::read(&mut client, cfg, sel).await?;
     let required = format_lsn(w.snapshot_lsn);
@@ -174,11 +185,13 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<Report> {
     .await?;
     let confirmed = durable >= w.snapshot_lsn;
     if !confirmed {
-        tracing::warn!(
-            required = %format_lsn(w.snapshot_lsn),
-            durable = %format_lsn(durable),
-            "the relay has not confirmed the window within --wait: rows not found may still be in flight"
-        );
+        progress.suspend(|| {
+            tracing::warn!(
+                required = %format_lsn(w.snapshot_lsn),
+                durable = %format_lsn(durable),
+                "the relay has not confirmed the window within --wait: rows not found may still be in flight"
+            )
+        });
     }
     let start_ms = match sel {
         Selection::All => None,
@@ -191,7 +204,11 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<Report> {
     for t in &w.topics {
         plans.push(broker::plan(&consumer, t, start_ms)?);
     }
-    let dlq_plan = broker::plan(&consumer, &cfg.kafka.dlq_topic, start_ms)?;
+    let has_rows = w.lo <= w.hi;
+    let mut dlq_plan = broker::plan(&consumer, &cfg.kafka.dlq_topic, start_ms)?;
+    if !has_rows {
+        dlq_plan.ranges.clear(); // nothing in it could concern the window
+    }
     let total: u64 = plans.iter().map(broker::Plan::messages).sum::<u64>() + dlq_plan.messages();
     progress.set_message("");
     progress.set_length(total);
@@ -203,7 +220,7 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<Report> {
     let mut ledger = w.ledger;
     let mut topics = Vec::new();
     for plan in &plans {
-        let messages = read_main(plan, &mut ledger, &client, cfg, &progress).await?;
+        let messages = read_main(plan, &mut ledger, &client, cfg, progress).await?;
         topics.push(topic_info(plan, messages));
     }
     let mut dlq_messages = 0;
@@ -214,10 +231,8 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<Report> {
         dlq_messages += 1;
         progress.inc(1);
     }
-    progress.finish_and_clear();
     let findings = ledger.finish();
     let ok = findings.missing.count == 0 && findings.reordered.count == 0;
-    let has_rows = w.lo <= w.hi;
     Ok(Report {
         window: WindowInfo {
             selection: match sel {
