@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 
 use crate::config::KafkaConfig;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, RelayError};
 
 /// Which client a configuration is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +114,37 @@ impl KafkaConfig {
             self.brokers.as_deref().unwrap_or_default(),
         );
         c
+    }
+}
+
+/// Let librdkafka check every property name and value without creating a
+/// client (no connection, no log lines): what `check-config` runs.
+pub fn validate(kafka: &KafkaConfig) -> Result<(), RelayError> {
+    for role in [ClientRole::Producer, ClientRole::Admin] {
+        kafka
+            .to_rdkafka(role)
+            .create_native_config()
+            .map_err(|e| creation_error(e, "checking the Kafka client configuration"))?;
+    }
+    Ok(())
+}
+
+/// A client librdkafka would not create: a configuration error naming the
+/// property, never echoing a secret value (librdkafka quotes what it rejects).
+pub fn creation_error(e: KafkaError, doing: &str) -> RelayError {
+    match e {
+        KafkaError::ClientConfig(_, msg, key, value) => {
+            let msg = if crate::config::is_secret_property(&key) && !value.is_empty() {
+                msg.replace(&value, "***")
+            } else {
+                msg
+            };
+            RelayError::Config(ConfigError::new(format!("kafka.properties.{key}"), msg))
+        }
+        KafkaError::ClientCreation(msg) => {
+            RelayError::Config(ConfigError::new("kafka.properties", msg))
+        }
+        other => RelayError::kafka(doing, other),
     }
 }
 

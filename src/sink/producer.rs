@@ -21,10 +21,9 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::decode::OutboxRecord;
-use crate::error::ConfigError;
 use crate::error::{RelayError, Result};
 use crate::sink::classify::SinkError;
-use crate::sink::kafka_config::ClientRole;
+use crate::sink::kafka_config::{self, ClientRole};
 use crate::sink::message::{headers, value, TxnMeta};
 
 /// What travels with a message through librdkafka and comes back in its
@@ -224,21 +223,7 @@ impl Publisher {
         let cc = cfg.kafka.to_rdkafka(ClientRole::Producer);
         let producer: ThreadedProducer<ReportingContext> = cc
             .create_with_context(ReportingContext::new(tx.clone()))
-            .map_err(|e| match e {
-                KafkaError::ClientConfig(_, msg, key, value) => {
-                    // librdkafka quotes the rejected value; never echo a secret.
-                    let msg = if crate::config::is_secret_property(&key) && !value.is_empty() {
-                        msg.replace(&value, "***")
-                    } else {
-                        msg
-                    };
-                    RelayError::Config(ConfigError::new(format!("kafka.properties.{key}"), msg))
-                }
-                KafkaError::ClientCreation(msg) => {
-                    RelayError::Config(ConfigError::new("kafka.properties", msg))
-                }
-                other => RelayError::kafka("creating producer", other),
-            })?;
+            .map_err(|e| kafka_config::creation_error(e, "creating producer"))?;
         let admin = if cfg.kafka.create_topics {
             Some(
                 cfg.kafka
