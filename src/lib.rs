@@ -38,9 +38,14 @@
 //! [`sink`] · [`checkpoint`] · [`tracker`] · [`relay`] · [`schema`] ·
 //! [`emit`] (the Rust helper for applications) · [`backoff`].
 //! Operations: [`http`] (`/metrics`, `/healthz`, `/readyz`) · [`heartbeat`] ·
-//! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`).
+//! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`) ·
+//! [`table_health`] (row counts, sizes, oldest unpublished row as metrics).
+//! Housekeeping and repair: [`janitor`] · [`archive`] (move before prune) ·
+//! [`replay`] (`outbox-relay replay`, `dlq replay`) · [`recovery`] (after a
+//! lost slot).
 
 pub mod app;
+pub mod archive;
 pub mod backoff;
 pub mod checkpoint;
 pub mod cli;
@@ -55,6 +60,7 @@ pub mod http;
 pub mod janitor;
 pub mod metrics;
 pub mod ports;
+pub mod recovery;
 pub mod relay;
 pub mod replay;
 pub mod schema;
@@ -62,4 +68,5 @@ pub mod sink;
 pub mod slot;
 pub mod source;
 pub mod status;
+pub mod table_health;
 pub mod tracker;
