@@ -157,6 +157,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("kafka.create-topics", "\"yes\"", "wrong type"),
     ("kafka.topic-partitions", "0", "zero"),
     ("kafka.topic-partitions", "3000000000", "out of range"),
+    ("kafka.topic-replication-factor", "33", "over 32"),
+    ("kafka.topic-replication-factor", "-1", "negative"),
     ("kafka.dlq-topic", "\"dead letters\"", "illegal characters"),
     ("kafka.dlq-topic", "\"..\"", "reserved name"),
     ("kafka.properties", "\"linger.ms=5\"", "wrong type"),
@@ -215,6 +217,12 @@ const CASES: &[(&str, &str, &str)] = &[
         "not a numeric address",
     ),
     ("metrics.listen", "\"127.0.0.1\"", "no port"),
+    (
+        "metrics.table-health-interval",
+        "\"every minute\"",
+        "bad duration",
+    ),
+    ("metrics.table-health-interval", "30", "wrong type"),
     // cleanup
     ("cleanup.enabled", "\"yes\"", "wrong type"),
     ("cleanup.cleanup-interval", "\"0s\"", "zero"),
@@ -225,6 +233,23 @@ const CASES: &[(&str, &str, &str)] = &[
         "below cleanup.retention-days (7)",
     ),
     ("cleanup.delete-after-publish", "1", "wrong type"),
+    (
+        "cleanup.archive-table",
+        "\"public.outbox.archive\"",
+        "three parts",
+    ),
+    (
+        "cleanup.archive-table",
+        "\"public.outbox\"",
+        "the outbox itself",
+    ),
+    (
+        "cleanup.archive-table",
+        "\"outbox_relay_checkpoint\"",
+        "the checkpoint table",
+    ),
+    ("cleanup.archive-retention-days", "-1", "negative"),
+    ("cleanup.archive-retention-days", "\"30d\"", "wrong type"),
 ];
 
 /// Keys for which every value of the right type is legal, and why. Each
@@ -253,6 +278,14 @@ const ANY_WELL_TYPED_VALUE: &[(&str, &str)] = &[
     (
         "cleanup.retention-days",
         "0 is legal: prune PROCESSED rows at the next pass",
+    ),
+    (
+        "cleanup.archive-retention-days",
+        "0 keeps archived rows forever; any other count of days is a retention",
+    ),
+    (
+        "metrics.table-health-interval",
+        "0s turns the table-health queries off; any other duration is a period",
     ),
 ];
 
