@@ -190,7 +190,15 @@ pub async fn startup_checks(cfg: &Config) -> Result<()> {
     tokio::task::spawn_blocking(move || publisher.check_reachable(timeout))
         .await
         .map_err(|e| RelayError::Environment(format!("broker check panicked: {e}")))?
-        .map_err(|e| RelayError::Environment(format!("{e} (kafka.brokers)")))?;
+        .map_err(|e| {
+            // Refused credentials or authorization are the properties' fault,
+            // anything else (unreachable, TLS) first the address's.
+            let key = match e.class() {
+                ErrorClass::Fatal => "kafka.properties",
+                _ => "kafka.brokers",
+            };
+            RelayError::Environment(format!("{e} ({key})"))
+        })?;
     Ok(())
 }
 

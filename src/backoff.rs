@@ -1,4 +1,5 @@
-//! Exponential backoff with full jitter, for every retry of a transient
+//! Exponential backoff with equal jitter (each delay drawn from
+//! `[d/2, d]`, never shorter than half the step), for every retry of a transient
 //! failure (invariant 4: stall and retry, never skip).
 
 use std::time::Duration;

@@ -239,6 +239,10 @@ pub struct KafkaConfig {
     /// Messages handed to librdkafka but not yet acknowledged; reading the
     /// stream pauses at this bound (invariant 6).
     pub max_in_flight: usize,
+    /// Bytes (key, value, headers) handed to librdkafka but not yet
+    /// acknowledged: the memory bound, since `max-in-flight` messages of up
+    /// to 1 MB each would be 10 GB.
+    pub max_in_flight_bytes: usize,
     /// Create a missing topic before the first message to it (for brokers
     /// without auto-creation). Off by default: topics are usually managed.
     pub create_topics: bool,
@@ -261,6 +265,7 @@ impl Default for KafkaConfig {
             brokers: None,
             topic_template: "outbox.{aggregate_type}".into(),
             max_in_flight: 10_000,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             create_topics: false,
             topic_partitions: 3,
             topic_replication_factor: 0,
@@ -493,6 +498,9 @@ impl Config {
         }
         if self.kafka.max_in_flight == 0 {
             return Err(ConfigError::new("kafka.max-in-flight", "must be > 0"));
+        }
+        if self.kafka.max_in_flight_bytes == 0 {
+            return Err(ConfigError::new("kafka.max-in-flight-bytes", "must be > 0"));
         }
         if self.kafka.topic_partitions < 1 {
             return Err(ConfigError::new("kafka.topic-partitions", "must be >= 1"));

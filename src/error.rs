@@ -111,6 +111,16 @@ pub enum RelayError {
         source: KafkaError,
     },
 
+    /// A producer or broker error, classified at the sink port.
+    #[error("kafka: {context}: {source}")]
+    Sink {
+        /// What we were doing (topic, row id).
+        context: String,
+        /// The classified error.
+        #[source]
+        source: crate::sink::classify::SinkError,
+    },
+
     /// A precondition about the environment failed (slot missing, table
     /// missing, publication wrong). Names the object and the fix.
     #[error("{0}")]
@@ -138,6 +148,14 @@ impl RelayError {
         }
     }
 
+    /// Wrap a classified sink error with what we were doing.
+    pub fn sink(context: impl Into<String>, source: crate::sink::classify::SinkError) -> Self {
+        RelayError::Sink {
+            context: context.into(),
+            source,
+        }
+    }
+
     /// The recoverability class; see the module docs.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -147,6 +165,7 @@ impl RelayError {
             RelayError::Decode(_) => ErrorClass::Fatal,
             RelayError::Row(_) | RelayError::RowRejected { .. } => ErrorClass::Permanent,
             RelayError::Kafka { source, .. } => crate::sink::classify::kafka_class(source),
+            RelayError::Sink { source, .. } => source.class,
             RelayError::Timeout(_) => ErrorClass::Transient,
         }
     }

@@ -23,20 +23,29 @@
 //! ## Invariants and where they are kept
 //!
 //! 1. Checkpoint after ack — [`tracker`].
-//! 2. Persist, then confirm; skip what the checkpoint covers — [`relay`],
-//!    [`checkpoint`].
+//! 2. Persist, then confirm; skip commits strictly below the checkpoint's
+//!    end LSN — [`relay`] (its `progress` part), [`checkpoint`].
 //! 3. Commit order, idempotent producer — [`sink`].
 //! 4. Stall, never skip — [`error`] (classes), [`app`] (retry), [`relay`].
-//! 5. Idle slots advance — [`relay`].
-//! 6. Bounded memory — [`relay`] (in-flight bound), [`tracker`].
+//! 5. Idle slots advance — [`relay`] (`progress`).
+//! 6. Bounded memory — [`relay`] (in-flight bound in messages and bytes),
+//!    [`tracker`].
 //! 7. The stream never sees its own housekeeping — [`schema`] (inserts-only
 //!    publication).
 //! 8. Bad input is named — [`config`], [`decode`], [`error`].
 //!
 //! ## Modules
 //! [`config`] · [`cli`] · [`error`] · [`app`] · [`source`] · [`decode`] ·
-//! [`sink`] · [`checkpoint`] · [`tracker`] · [`relay`] · [`schema`] ·
-//! [`emit`] (the Rust helper for applications) · [`backoff`].
+//! [`sink`] · [`checkpoint`] · [`tracker`] · [`schema`] ·
+//! [`emit`] (the Rust helper for applications) · [`backoff`] ·
+//! [`dead_letter`] · [`replay`] (`dlq replay`) · [`janitor`].
+//!
+//! The loop: [`ports`] (stream, sink with its delivery reports, bookkeeping:
+//! the contracts, no library types) and [`relay`], a thin driver over
+//! `relay::router` (row → topic, pure), `relay::progress` (every LSN
+//! position and the confirm rule) and `relay::policy` (refusals: isolation,
+//! retry, DLQ or block, as effects), with fakes and fault queues in its
+//! tests.
 //! Operations: [`http`] (`/metrics`, `/healthz`, `/readyz`) · [`heartbeat`] ·
 //! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`) ·
 //! [`table_health`] (row counts, sizes, oldest unpublished row as metrics).

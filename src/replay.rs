@@ -632,7 +632,7 @@ pub async fn run(
             }
             Err(failed) => {
                 if error.is_none() {
-                    *error = Some(RelayError::kafka(
+                    *error = Some(RelayError::sink(
                         format!("replaying outbox row id={}", d.tag.row_id),
                         failed.error,
                     ));
@@ -739,11 +739,8 @@ pub async fn run(
                             on_report(d, &mut in_flight, &mut acked, &mut s, &mut error);
                         }
                     }
-                    Err((SendError::Kafka(k), _)) => {
-                        error = Some(RelayError::kafka(
-                            format!("producing outbox row id={id}"),
-                            k,
-                        ));
+                    Err((SendError::Refused(k), _)) => {
+                        error = Some(RelayError::sink(format!("producing outbox row id={id}"), k));
                         s.sent -= 1;
                         break 'pages;
                     }

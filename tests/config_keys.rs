@@ -154,6 +154,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("kafka.max-in-flight", "0", "zero"),
     ("kafka.max-in-flight", "-1", "negative"),
     ("kafka.max-in-flight", "\"lots\"", "wrong type"),
+    ("kafka.max-in-flight-bytes", "0", "zero"),
+    ("kafka.max-in-flight-bytes", "-1", "negative"),
     ("kafka.create-topics", "\"yes\"", "wrong type"),
     ("kafka.topic-partitions", "0", "zero"),
     ("kafka.topic-partitions", "3000000000", "out of range"),

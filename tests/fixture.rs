@@ -411,6 +411,11 @@ impl RelayProc {
         }
     }
 
+    /// The exit status once the relay has exited (`None` while it runs).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("try_wait")
+    }
+
     /// Still running?
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

@@ -3,8 +3,10 @@
 //! least-privilege role of `sql/900_relay_role.sql`, librdkafka SASL/SSL
 //! settings passed through, and secrets kept out of every output.
 //!
-//! No SASL-enabled broker is available to the suite (tansu runs plaintext),
-//! so Kafka SASL/SSL is shown up to librdkafka accepting the settings.
+//! Here Kafka SASL/SSL is shown up to librdkafka accepting the settings; that
+//! they work against Apache Kafka — SASL_SSL with SCRAM-SHA-512 against a
+//! listener whose CA this module's [`Pki`] makes, a wrong password, ACLs — is
+//! in `kafka_security`, on a broker of its own.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -26,18 +28,20 @@ const ROLE: &str = "outbox_relay";
 
 // ------------------------------------------------------------------ PKI
 
-/// A throw-away PKI: a CA, a second unrelated CA, and server certificates.
-struct Pki {
+/// A throw-away PKI: a CA, a second unrelated CA, and server certificates
+/// (also used by the Kafka SASL_SSL test in `kafka_security`).
+pub(crate) struct Pki {
     dir: TempDir,
 }
 
-struct CertPair {
-    crt: PathBuf,
-    key: PathBuf,
+/// A certificate and its unencrypted PKCS#8 private key (`BEGIN PRIVATE KEY`), both PEM.
+pub(crate) struct CertPair {
+    pub(crate) crt: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         Pki {
             dir: tempfile::Builder::new()
                 .prefix("outbox-it-pki-")
@@ -64,7 +68,7 @@ impl Pki {
     }
 
     /// A self-signed CA named `name` (P-256, valid 2 days).
-    fn ca(&self, name: &str) -> CertPair {
+    pub(crate) fn ca(&self, name: &str) -> CertPair {
         let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
         self.openssl(&[
             "req",
@@ -95,7 +99,7 @@ impl Pki {
 
     /// A server certificate `name` for `sans` (e.g. `DNS:localhost,IP:127.0.0.1`)
     /// signed by `ca`.
-    fn server(&self, name: &str, ca: &CertPair, sans: &str) -> CertPair {
+    pub(crate) fn server(&self, name: &str, ca: &CertPair, sans: &str) -> CertPair {
         let (crt, key, csr, ext) = (
             format!("{name}.crt"),
             format!("{name}.key"),

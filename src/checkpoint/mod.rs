@@ -3,7 +3,10 @@
 //! Invariant 2 (persist, then confirm): the relay calls
 //! [`CheckpointStore::save`] and only after it returned `Ok` reports the
 //! position to the replication slot. A restart resumes from
-//! [`CheckpointStore::load`] and skips transactions at or below it.
+//! [`CheckpointStore::load`]. The stored value is the *end* LSN of the last
+//! durable commit, so a restart skips transactions whose commit LSN is
+//! strictly below it: the next transaction's commit record can start exactly
+//! at that end LSN, and "at or below" would drop it.
 
 mod memory;
 mod postgres;

@@ -6,9 +6,68 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
 
 use crate::error::ErrorClass;
 
+/// A producer or broker error as the relay sees it: its class and its text.
+/// No librdkafka type crosses the sink port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkError {
+    /// What to do about it (stall, dead-letter, stop).
+    pub class: ErrorClass,
+    /// librdkafka's message, for logs and the DLQ headers.
+    pub message: String,
+    /// The message (or its value) was too large: the DLQ copy leaves the
+    /// value out.
+    pub too_large: bool,
+}
+
+impl SinkError {
+    /// Classify a librdkafka error.
+    pub fn from_kafka(e: &KafkaError) -> Self {
+        Self {
+            class: kafka_class(e),
+            message: e.to_string(),
+            too_large: matches!(
+                e.rdkafka_error_code(),
+                Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage)
+            ),
+        }
+    }
+
+    /// `topic` does not exist and the relay will not create it.
+    pub fn missing_topic(topic: &str) -> Self {
+        Self {
+            class: ErrorClass::Permanent,
+            message: format!(
+                "topic {topic} does not exist (and kafka.create-topics is off or the broker refuses to create it)"
+            ),
+            too_large: false,
+        }
+    }
+
+    /// An error of `class` with `message` (tests, fakes).
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+            too_large: false,
+        }
+    }
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SinkError {}
+
 /// Codes where the broker refused *this message* and will refuse it again:
-/// retrying only stalls the stream.
+/// retrying only stalls the stream. A missing topic is the row's fault too
+/// (its `topic` column or the template named it): counted and dead-lettered
+/// like any refusal, never replayed forever.
 pub const PERMANENT_ROW_CODES: &[C] = &[
+    C::UnknownTopicOrPartition,
+    C::UnknownTopic,
     C::MessageSizeTooLarge,
     C::InvalidMessageSize,
     C::InvalidTopic,
@@ -56,6 +115,12 @@ mod tests {
             ErrorClass::Permanent
         );
         assert_eq!(kafka_class(&p(C::InvalidTopic)), ErrorClass::Permanent);
+        assert_eq!(
+            kafka_class(&p(C::UnknownTopicOrPartition)),
+            ErrorClass::Permanent,
+            "a missing topic is the row's fault, not a reason to replay forever"
+        );
+        assert!(SinkError::from_kafka(&p(C::MessageSizeTooLarge)).too_large);
         assert_eq!(kafka_class(&p(C::MessageTimedOut)), ErrorClass::Transient);
         assert_eq!(kafka_class(&p(C::NotEnoughReplicas)), ErrorClass::Transient);
         assert_eq!(

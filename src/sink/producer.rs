@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::decode::OutboxRecord;
 use crate::error::ConfigError;
 use crate::error::{RelayError, Result};
+use crate::sink::classify::SinkError;
 use crate::sink::message::{headers, TxnMeta};
 
 /// Properties the relay sets and a user may not weaken: they are what keeps
@@ -128,6 +129,12 @@ pub struct MsgTag {
     pub first_failure: Option<std::time::SystemTime>,
     /// This is the dead-letter copy, not the original.
     pub is_dlq: bool,
+    /// Sent alone (nothing else in flight): a refusal is this row's own and
+    /// counts as an attempt; in a batch it may be a neighbour's.
+    pub isolated: bool,
+    /// Bytes the message holds in the producer (key, value, headers), for
+    /// `kafka.max-in-flight-bytes`.
+    pub bytes: usize,
 }
 
 impl MsgTag {
@@ -141,6 +148,8 @@ impl MsgTag {
             attempt: 1,
             first_failure: None,
             is_dlq: false,
+            isolated: false,
+            bytes: 0,
         })
     }
 }
@@ -149,8 +158,8 @@ impl MsgTag {
 /// retried or dead-lettered. Only failures are copied.
 #[derive(Debug, Clone)]
 pub struct FailedMessage {
-    /// The error librdkafka reported.
-    pub error: KafkaError,
+    /// The error, classified.
+    pub error: SinkError,
     /// Topic it was sent to.
     pub topic: String,
     /// Key as sent.
@@ -174,12 +183,23 @@ pub struct Delivery {
 /// Forwards delivery reports from librdkafka's polling thread to the relay.
 pub struct ReportingContext {
     tx: mpsc::UnboundedSender<Delivery>,
+    /// The latest error librdkafka reported for a broker connection (e.g. the
+    /// broker refusing the SASL credentials, a failed TLS handshake): the
+    /// cause behind a failed startup check, which only sees "transport failure".
+    last_error: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
 }
 
 impl ClientContext for ReportingContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
+            // A failed broker connection (FAIL) or a fatal producer error (FATAL)
+            // is the relay's to report: it retries with backoff, or stops with
+            // one line naming the cause (see `Publisher::check_reachable` and
+            // `Publisher::fatal_error`). The error callback below repeats it.
+            _ if fac == "FAIL" || fac == "FATAL" => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
+            }
             L::Emerg | L::Alert | L::Critical | L::Error => {
                 tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
             }
@@ -190,6 +210,13 @@ impl ClientContext for ReportingContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, "{reason}");
+        // "All brokers down" is the summary, not the cause.
+        if let Some(code) = error.rdkafka_error_code() {
+            if code != RDKafkaErrorCode::AllBrokersDown {
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((code, reason.to_string()));
+            }
+        }
     }
 }
 
@@ -201,7 +228,7 @@ impl ProducerContext for ReportingContext {
         let result = match result {
             Ok(m) => Ok(m.topic().to_string()),
             Err((e, m)) => Err(Box::new(FailedMessage {
-                error: e.clone(),
+                error: SinkError::from_kafka(e),
                 topic: m.topic().to_string(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
@@ -226,8 +253,8 @@ impl ProducerContext for ReportingContext {
 pub enum SendError {
     /// librdkafka's local queue is full: wait for a delivery report, retry.
     QueueFull,
-    /// Anything else; classified by [`crate::sink::classify`].
-    Kafka(KafkaError),
+    /// Anything else, classified by [`crate::sink::classify`].
+    Refused(SinkError),
 }
 
 fn classify_send<K, P>(
@@ -239,7 +266,7 @@ where
 {
     let err = match e {
         KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
-        other => SendError::Kafka(other),
+        other => SendError::Refused(SinkError::from_kafka(&other)),
     };
     (err, rec.delivery_opaque)
 }
@@ -261,7 +288,10 @@ impl Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
         let cc = client_config(cfg);
         let producer: ThreadedProducer<ReportingContext> = cc
-            .create_with_context(ReportingContext { tx })
+            .create_with_context(ReportingContext {
+                tx,
+                last_error: std::sync::Mutex::new(None),
+            })
             .map_err(|e| match e {
                 KafkaError::ClientConfig(_, msg, key, value) => {
                     // librdkafka quotes the rejected value; never echo a secret.
@@ -305,13 +335,30 @@ impl Publisher {
     }
 
     /// Fail fast when no broker answers (startup check): a metadata request
-    /// with a deadline.
+    /// with a deadline. The error carries the cause librdkafka reported for
+    /// the broker connection when there is one (refused credentials, a failed
+    /// TLS handshake), whose code decides the class.
     pub fn check_reachable(&self, timeout: Duration) -> Result<()> {
         self.producer
             .client()
             .fetch_metadata(None, timeout)
             .map(|_| ())
-            .map_err(|e| RelayError::kafka("no broker answered a metadata request", e))
+            .map_err(|e| {
+                let cause = self
+                    .producer
+                    .context()
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                match cause {
+                    Some((code, reason)) => RelayError::kafka(
+                        format!("no broker answered a metadata request: {reason}"),
+                        KafkaError::Global(code),
+                    ),
+                    None => RelayError::kafka("no broker answered a metadata request", e),
+                }
+            })
     }
 
     /// Number of brokers in the cluster (a blocking metadata request, once per session).
@@ -369,6 +416,35 @@ impl Publisher {
         Ok(())
     }
 
+    /// Whether `topic` can take messages: created when `kafka.create-topics`
+    /// is on, otherwise asked of the broker once (a metadata request) so a
+    /// missing topic is known at once instead of after librdkafka's
+    /// `topic.metadata.propagation.max.ms`. Only existing topics are cached.
+    pub async fn topic_exists(&mut self, topic: &str) -> Result<bool> {
+        if self.admin.is_some() {
+            self.ensure_topic(topic).await?;
+            return Ok(true);
+        }
+        if self.known_topics.contains(topic) {
+            return Ok(true);
+        }
+        let client = self.producer.client();
+        let ask = || client.fetch_metadata(Some(topic), Duration::from_secs(10));
+        let md = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(ask),
+            _ => ask(),
+        }
+        .map_err(|e| RelayError::kafka(format!("metadata for topic {topic}"), e))?;
+        let exists = md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if exists {
+            self.known_topics.insert(topic.to_string());
+        }
+        Ok(exists)
+    }
+
     /// Enqueue one record.
     pub fn send(
         &self,
@@ -414,6 +490,25 @@ impl Publisher {
             record = record.payload(p);
         }
         self.producer.send(record).map_err(classify_send)
+    }
+
+    /// The fatal error that stopped this producer, if any. librdkafka stops an
+    /// idempotent producer for good when the broker refuses it a producer id
+    /// (its principal may write no topic and lacks IdempotentWrite on the
+    /// cluster) or when the idempotence guarantee is lost. The class follows the
+    /// underlying code: a refused authorization stops the relay with this
+    /// error; anything else is transient (the next session gets a new producer).
+    pub fn fatal_error(&self) -> Option<RelayError> {
+        let (code, reason) = self.producer.client().fatal_error()?;
+        let hint = if code == RDKafkaErrorCode::ClusterAuthorizationFailed {
+            " (the relay's principal needs Write on its topics or IdempotentWrite on the cluster)"
+        } else {
+            ""
+        };
+        Some(RelayError::kafka(
+            format!("the producer stopped: {reason}{hint}"),
+            KafkaError::Global(code),
+        ))
     }
 
     /// Messages enqueued or in flight inside librdkafka.

@@ -1,32 +1,57 @@
-//! The relay loop against in-memory fakes: no PostgreSQL, no broker. These
-//! pin the loop's bookkeeping (checkpoint only after the acked prefix, skip
-//! below the resume point, the DLQ path, retries, the window, idle
-//! confirmations) independently of the servers the integration suite uses.
+//! The relay loop against in-memory fakes: no PostgreSQL, no broker, no
+//! wall clock (every test runs with paused tokio time). These pin the loop's
+//! bookkeeping (checkpoint only after the acked prefix, skip below the resume
+//! point, the DLQ path, retries, blocking, the window, idle confirmations)
+//! independently of the servers the integration suite uses. Faults are
+//! injected through FIFO queues per operation.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pgwire_replication::{Lsn, PgWireError, ReplicationEvent};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::{mpsc, watch};
 
 use super::*;
 use crate::checkpoint::MemoryStore;
+use crate::config::OnPermanentError;
 use crate::decode::fixtures::{outbox_insert_message, outbox_relation, relation_message};
-use crate::ports::Enqueued;
+use crate::decode::OutboxRecord;
+use crate::ports::{Enqueued, SourceEvent, TopicState};
+use crate::sink::classify::SinkError;
+use crate::sink::message::TxnMeta;
+use crate::sink::{Delivery, FailedMessage, MsgTag, SendError};
 
 // ---- fakes ---------------------------------------------------------------
 
+/// What an operation does instead of succeeding, once (FIFO per operation).
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Fail,
+    Hang,
+}
+
+type Faults = Arc<Mutex<VecDeque<Fault>>>;
+
+async fn apply(q: &Faults) -> Result<()> {
+    let f = q.lock().unwrap().pop_front();
+    match f {
+        None => Ok(()),
+        Some(Fault::Fail) => Err(RelayError::Environment("injected fault".into())),
+        Some(Fault::Hang) => std::future::pending().await,
+    }
+}
+
 struct FakeStream {
-    rx: mpsc::UnboundedReceiver<ReplicationEvent>,
+    rx: mpsc::UnboundedReceiver<SourceEvent>,
     confirmed: Arc<AtomicU64>,
     reads: Arc<AtomicUsize>,
 }
 
 impl EventStream for FakeStream {
-    async fn recv(&mut self) -> std::result::Result<Option<ReplicationEvent>, PgWireError> {
+    async fn recv(&mut self) -> Result<Option<SourceEvent>> {
         let ev = self.rx.recv().await;
         self.reads.fetch_add(1, Ordering::SeqCst);
         Ok(ev)
@@ -44,12 +69,36 @@ struct Sent {
     tag: MsgTag,
 }
 
+/// The producer's shared state: what was enqueued, which topics are
+/// missing, and a FIFO of enqueue faults.
 #[derive(Clone, Default)]
 struct FakeSink {
     sent: Arc<Mutex<Vec<Sent>>>,
+    missing: Arc<Mutex<HashSet<String>>>,
+    send_faults: Arc<Mutex<VecDeque<SendError>>>,
 }
 
-impl MessageSink for FakeSink {
+/// The port: the shared state plus the delivery reports the test writes.
+struct FakeSinkPort {
+    shared: FakeSink,
+    reports: mpsc::UnboundedReceiver<Delivery>,
+}
+
+impl FakeSinkPort {
+    fn take(&self, topic: &str, headers: Vec<(String, Vec<u8>)>, tag: Box<MsgTag>) -> Enqueued {
+        if let Some(e) = self.shared.send_faults.lock().unwrap().pop_front() {
+            return Err((e, tag));
+        }
+        self.shared.sent.lock().unwrap().push(Sent {
+            topic: topic.into(),
+            headers,
+            tag: *tag,
+        });
+        Ok(())
+    }
+}
+
+impl MessageSink for FakeSinkPort {
     fn send_record(
         &self,
         rec: &OutboxRecord,
@@ -57,13 +106,7 @@ impl MessageSink for FakeSink {
         topic: &str,
         tag: Box<MsgTag>,
     ) -> Enqueued {
-        let headers = crate::sink::message::header_pairs(rec, meta);
-        self.sent.lock().unwrap().push(Sent {
-            topic: topic.into(),
-            headers,
-            tag: *tag,
-        });
-        Ok(())
+        self.take(topic, crate::sink::message::header_pairs(rec, meta), tag)
     }
     fn send_raw(
         &self,
@@ -74,15 +117,17 @@ impl MessageSink for FakeSink {
         _ts: i64,
         tag: Box<MsgTag>,
     ) -> Enqueued {
-        self.sent.lock().unwrap().push(Sent {
-            topic: topic.into(),
-            headers: headers.to_vec(),
-            tag: *tag,
-        });
-        Ok(())
+        self.take(topic, headers.to_vec(), tag)
     }
-    async fn ensure_topic(&mut self, _topic: &str) -> Result<()> {
-        Ok(())
+    async fn next_delivery(&mut self) -> Option<Delivery> {
+        self.reports.recv().await
+    }
+    async fn check_topic(&mut self, topic: &str) -> Result<TopicState> {
+        Ok(if self.shared.missing.lock().unwrap().contains(topic) {
+            TopicState::Missing
+        } else {
+            TopicState::Ready
+        })
     }
     fn purge(&self) {}
 }
@@ -90,8 +135,10 @@ impl MessageSink for FakeSink {
 #[derive(Clone, Default)]
 struct FakeBook {
     store: MemoryStore,
-    /// Every call, in order: "save X", "failed [..]".
+    /// Every call, in order: "save X", "failed [..]", "blocked ..".
     log: Arc<Mutex<Vec<String>>>,
+    save_faults: Faults,
+    mark_failed_faults: Faults,
 }
 
 impl CheckpointStore for FakeBook {
@@ -99,24 +146,26 @@ impl CheckpointStore for FakeBook {
         self.store.load().await
     }
     async fn save(&self, lsn: u64) -> Result<()> {
+        apply(&self.save_faults).await?;
         self.log.lock().unwrap().push(format!("save {lsn}"));
         self.store.save(lsn).await
     }
 }
 
 impl Bookkeeping for FakeBook {
-    async fn mark_failed(&self, _cfg: &Config, rows: &[(i64, i32)]) -> Result<()> {
+    async fn mark_failed(&self, rows: &[(i64, i32)]) -> Result<()> {
+        apply(&self.mark_failed_faults).await?;
         self.log.lock().unwrap().push(format!("failed {rows:?}"));
         Ok(())
     }
-    async fn record_blocked(&self, _cfg: &Config, b: Option<(i64, &str)>) -> Result<()> {
+    async fn record_blocked(&self, b: Option<(i64, &str)>) -> Result<()> {
         self.log
             .lock()
             .unwrap()
             .push(format!("blocked {:?}", b.map(|b| b.0)));
         Ok(())
     }
-    async fn row_exists(&self, _cfg: &Config, _id: i64) -> Result<bool> {
+    async fn row_exists(&self, _id: i64) -> Result<bool> {
         Ok(true)
     }
 }
@@ -134,43 +183,32 @@ fn config() -> Config {
 }
 
 struct Rig {
-    events: mpsc::UnboundedSender<ReplicationEvent>,
+    events: mpsc::UnboundedSender<SourceEvent>,
     reports: mpsc::UnboundedSender<Delivery>,
     sink: FakeSink,
     book: FakeBook,
     confirmed: Arc<AtomicU64>,
     reads: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
+    /// Sent messages already answered by `ack`/`refuse`.
+    reported: Arc<Mutex<Vec<bool>>>,
 }
 
 impl Rig {
     fn begin(&self, commit_lsn: u64) {
-        self.events
-            .send(ReplicationEvent::Begin {
-                final_lsn: Lsn::from_u64(commit_lsn),
-                xid: 1,
-                commit_time_micros: 0,
-            })
-            .unwrap();
+        let _ = self.events.send(SourceEvent::Begin {
+            commit_lsn,
+            commit_time_micros: 0,
+        });
     }
-    fn commit(&self, commit_lsn: u64, end_lsn: u64) {
-        self.events
-            .send(ReplicationEvent::Commit {
-                lsn: Lsn::from_u64(commit_lsn),
-                end_lsn: Lsn::from_u64(end_lsn),
-                commit_time_micros: 0,
-            })
-            .unwrap();
+    fn commit(&self, _commit_lsn: u64, end_lsn: u64) {
+        let _ = self.events.send(SourceEvent::Commit { end_lsn });
     }
     fn data(&self, bytes: Vec<u8>) {
-        self.events
-            .send(ReplicationEvent::XLogData {
-                wal_start: Lsn::ZERO,
-                wal_end: Lsn::ZERO,
-                server_time_micros: 0,
-                data: Bytes::from(bytes),
-            })
-            .unwrap();
+        let _ = self.events.send(SourceEvent::Data {
+            data: Bytes::from(bytes),
+            wal_end: 0,
+        });
     }
     fn relation(&self) {
         self.data(relation_message(&outbox_relation(16384)));
@@ -194,30 +232,42 @@ impl Rig {
     fn sent(&self) -> Vec<Sent> {
         self.sink.sent.lock().unwrap().clone()
     }
+    fn mark(&self, i: usize) {
+        let mut r = self.reported.lock().unwrap();
+        if r.len() <= i {
+            r.resize(i + 1, false);
+        }
+        r[i] = true;
+    }
+    /// Sent messages not yet answered, in send order.
+    fn pending(&self) -> Vec<usize> {
+        let r = self.reported.lock().unwrap().clone();
+        (0..self.sent().len())
+            .filter(|i| !r.get(*i).copied().unwrap_or(false))
+            .collect()
+    }
     fn ack(&self, i: usize) {
+        self.mark(i);
         let s = self.sent()[i].clone();
-        self.reports
-            .send(Delivery {
-                tag: Box::new(s.tag),
-                result: Ok(s.topic),
-            })
-            .unwrap();
+        let _ = self.reports.send(Delivery {
+            tag: Box::new(s.tag),
+            result: Ok(s.topic),
+        });
     }
     fn refuse(&self, i: usize, code: RDKafkaErrorCode) {
+        self.mark(i);
         let s = self.sent()[i].clone();
-        let failed = crate::sink::FailedMessage {
-            error: KafkaError::MessageProduction(code),
+        let failed = FailedMessage {
+            error: SinkError::from_kafka(&KafkaError::MessageProduction(code)),
             topic: s.topic.clone(),
             key: Some(b"o-1".to_vec()),
             payload: Some(b"{}".to_vec()),
             headers: s.headers.clone(),
         };
-        self.reports
-            .send(Delivery {
-                tag: Box::new(s.tag),
-                result: Err(Box::new(failed)),
-            })
-            .unwrap();
+        let _ = self.reports.send(Delivery {
+            tag: Box::new(s.tag),
+            result: Err(Box::new(failed)),
+        });
     }
     fn saved(&self) -> u64 {
         self.book.store.get()
@@ -227,7 +277,11 @@ impl Rig {
         while !cond(self) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
+                "timed out waiting for {what}; sent {:?}",
+                self.sent()
+                    .iter()
+                    .map(|s| (s.tag.row_id, s.tag.is_dlq))
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -272,17 +326,22 @@ where
         confirmed: confirmed.clone(),
         reads: reads.clone(),
     };
+    let port = FakeSinkPort {
+        shared: sink.clone(),
+        reports: rep_rx,
+    };
     let rig = Rig {
         events: ev_tx,
         reports: rep_tx,
-        sink: sink.clone(),
+        sink,
         book: book.clone(),
         confirmed,
         reads,
         stop: stop_tx,
+        reported: Arc::default(),
     };
     let mut session = Session::new(&cfg, crate::health::Health::shared(), resume, stats).unwrap();
-    let run = session.run(stream, sink, rep_rx, &book, &mut stop_rx);
+    let run = session.run(stream, port, &book, &mut stop_rx);
     let drive = async move {
         script(rig).await;
     };
@@ -291,12 +350,12 @@ where
 }
 
 async fn stop(rig: Rig) {
-    rig.stop.send(true).unwrap();
+    let _ = rig.stop.send(true);
 }
 
 // ---- tests -----------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn checkpoint_waits_for_the_acked_prefix_then_confirms() {
     with_session(config(), 0, |rig| async move {
         rig.relation();
@@ -329,7 +388,7 @@ async fn checkpoint_waits_for_the_acked_prefix_then_confirms() {
     .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transactions_below_the_resume_point_are_skipped() {
     with_session(config(), 150, |rig| async move {
         rig.relation();
@@ -345,7 +404,7 @@ async fn transactions_below_the_resume_point_are_skipped() {
     .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_bad_topic_is_dead_lettered_marked_failed_before_the_checkpoint() {
     with_session(config(), 0, |rig| async move {
         rig.relation();
@@ -383,47 +442,49 @@ async fn a_bad_topic_is_dead_lettered_marked_failed_before_the_checkpoint() {
     .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn broker_refusals_replay_in_order_then_dead_letter() {
     let mut cfg = config();
     cfg.relay.max_retry = 3;
     let mut stats = SessionStats::default();
     let book = FakeBook::default();
-    // Attempts 1 and 2: the refusal ends the session; the next one replays
-    // the transaction from the checkpoint, row 7 first, row 8 after it.
-    for attempt in 1..=2u32 {
-        let res = with_session_stats(cfg.clone(), 0, &mut stats, book.clone(), |rig| async move {
-            rig.relation();
-            rig.txn(100, &[7, 8]);
-            rig.until("two sends", |r| r.sent().len() == 2).await;
-            let ids: Vec<i64> = rig.sent().iter().map(|s| s.tag.row_id).collect();
-            assert_eq!(ids, vec![7, 8], "replayed in order");
-            rig.refuse(0, RDKafkaErrorCode::TopicAuthorizationFailed);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        })
-        .await;
-        let err = res.expect_err("a refusal with attempts left ends the session");
-        assert_eq!(err.class(), crate::error::ErrorClass::Permanent);
-        assert_eq!(stats.refusals[&7].attempts, attempt);
-    }
-    // Attempt 3: spent, dead-lettered; row 8 still goes to its topic.
-    with_session_stats(cfg, 0, &mut stats, book.clone(), |rig| async move {
+    // A refusal of a pipelined message ends the session without counting an
+    // attempt (it may be a neighbour's fault); the row becomes a suspect.
+    let res = with_session_stats(cfg.clone(), 0, &mut stats, book.clone(), |rig| async move {
         rig.relation();
         rig.txn(100, &[7, 8]);
         rig.until("two sends", |r| r.sent().len() == 2).await;
         rig.refuse(0, RDKafkaErrorCode::TopicAuthorizationFailed);
-        rig.until("the DLQ copy", |r| r.sent().len() == 3).await;
-        let dlq = &rig.sent()[2];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    })
+    .await;
+    let err = res.expect_err("a refusal in a batch ends the session");
+    assert_eq!(err.class(), crate::error::ErrorClass::Permanent);
+    assert_eq!(stats.refusals[&7].attempts, 0);
+    // Replay: row 7 alone, refused three times in place, then its DLQ copy;
+    // row 8 only after that.
+    with_session_stats(cfg, 0, &mut stats, book.clone(), |rig| async move {
+        rig.relation();
+        rig.txn(100, &[7, 8]);
+        for n in 1..=3 {
+            rig.until("row 7 alone", |r| r.sent().len() == n).await;
+            assert!(rig.sent().iter().all(|s| s.tag.row_id == 7));
+            rig.refuse(n - 1, RDKafkaErrorCode::TopicAuthorizationFailed);
+        }
+        rig.until("the DLQ copy, then row 8", |r| r.sent().len() == 5)
+            .await;
+        let dlq = &rig.sent()[3];
         assert!(dlq.tag.is_dlq);
         assert_eq!(dlq.tag.row_id, 7);
         assert!(dlq
             .headers
             .iter()
             .any(|(k, v)| k == "dlq.attempts" && v == b"3"));
-        rig.ack(1);
+        assert_eq!(rig.sent()[4].tag.row_id, 8);
+        rig.ack(4);
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(rig.saved(), 0, "not durable until the DLQ copy is acked");
-        rig.ack(2);
+        rig.ack(3);
         rig.until("durable", |r| r.saved() == 108).await;
         stop(rig).await;
     })
@@ -431,7 +492,7 @@ async fn broker_refusals_replay_in_order_then_dead_letter() {
     .unwrap();
     assert!(
         stats.refusals.is_empty(),
-        "the ledger forgets a row once its DLQ copy is acked"
+        "the ledger forgets a row once it is marked FAILED"
     );
     assert!(book
         .log
@@ -440,7 +501,52 @@ async fn broker_refusals_replay_in_order_then_dead_letter() {
         .contains(&"failed [(7, 3)]".to_string()));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
+async fn reading_pauses_at_the_in_flight_bytes_bound() {
+    let mut cfg = config();
+    // Each fixture row is about 50 bytes: the window shuts at 100.
+    cfg.kafka.max_in_flight_bytes = 100;
+    with_session(cfg, 0, |rig| async move {
+        rig.relation();
+        for i in 0..5 {
+            rig.txn(100 * (i + 1), &[i as i64 + 1]);
+        }
+        rig.until("a send", |r| !r.sent().is_empty()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = rig.sent().len();
+        assert!(n < 5, "bytes bound the window: {n} in flight");
+        rig.ack(0);
+        rig.until("one more", |r| r.sent().len() == n + 1).await;
+        stop(rig).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_producer_queue_waits_for_a_report_then_retries() {
+    with_session(config(), 0, |rig| async move {
+        rig.sink
+            .send_faults
+            .lock()
+            .unwrap()
+            .push_back(SendError::QueueFull);
+        rig.relation();
+        rig.txn(100, &[1]);
+        rig.txn(200, &[2]);
+        rig.until("both", |r| r.sent().len() == 2).await;
+        let ids: Vec<i64> = rig.sent().iter().map(|s| s.tag.row_id).collect();
+        assert_eq!(ids, vec![1, 2], "the refused enqueue was retried in order");
+        rig.ack(0);
+        rig.ack(1);
+        rig.until("durable", |r| r.saved() == 208).await;
+        stop(rig).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_transient_refusal_ends_the_session_for_a_replay() {
     let res = with_session(config(), 0, |rig| async move {
         rig.relation();
@@ -456,7 +562,7 @@ async fn a_transient_refusal_ends_the_session_for_a_replay() {
     assert_eq!(err.class(), crate::error::ErrorClass::Transient);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reading_pauses_at_the_in_flight_window() {
     let mut cfg = config();
     cfg.kafka.max_in_flight = 4;
@@ -480,15 +586,11 @@ async fn reading_pauses_at_the_in_flight_window() {
     .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_keepalives_confirm_the_slot_without_writing_the_checkpoint() {
     with_session(config(), 0, |rig| async move {
         rig.events
-            .send(ReplicationEvent::KeepAlive {
-                wal_end: Lsn::from_u64(5000),
-                reply_requested: false,
-                server_time_micros: 0,
-            })
+            .send(SourceEvent::KeepAlive { wal_end: 5000 })
             .unwrap();
         rig.until("confirmed", |r| r.confirmed.load(Ordering::SeqCst) == 5000)
             .await;
@@ -503,3 +605,6 @@ async fn idle_keepalives_confirm_the_slot_without_writing_the_checkpoint() {
     .await
     .unwrap();
 }
+
+#[path = "bug_tests.rs"]
+mod bugs;

@@ -1,0 +1,233 @@
+//! The router: relation + inserted row → publish to a topic, reject, or
+//! ignore. Pure: no I/O, no clock.
+//!
+//! Relation messages go through the decoder's [`RelationCache`] (the path
+//! the fuzz target and benches exercise); each relation is resolved against
+//! `outbox.columns` once, and every Insert of it is mapped with that result.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::Config;
+use crate::dead_letter::{self, DeadLetter, Reason};
+use crate::decode::{
+    OutboxMapping, OutboxRecord, Relation, RelationCache, ResolvedRelation, Tuple,
+};
+use crate::error::{ConfigError, RelayError, Result};
+use crate::sink::message::TxnMeta;
+use crate::sink::route::{validate_topic, RouteFields, TopicTemplate};
+
+/// Where a row goes.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// Publish `rec` to `topic`.
+    Publish {
+        /// The decoded row.
+        rec: Box<OutboxRecord>,
+        /// Its topic (the row's `topic` column or the template).
+        topic: String,
+    },
+    /// The row can never be published as it is (decoding, topic name or
+    /// size): dead-letter it (one attempt: the check is deterministic) or
+    /// block.
+    Reject {
+        /// The row id, when it could be read.
+        row_id: Option<i64>,
+        /// Its DLQ copy.
+        dl: Box<DeadLetter>,
+        /// Why, naming the row.
+        message: String,
+    },
+    /// Another table in the publication.
+    Ignore,
+}
+
+/// Maps inserts of the outbox table to topics.
+pub(crate) struct Router {
+    relations: RelationCache,
+    mapping: OutboxMapping,
+    /// Per relation OID: the outbox mapping, or `None` for other tables.
+    resolved: HashMap<u32, Option<Arc<ResolvedRelation>>>,
+    template: TopicTemplate,
+    table_name: String,
+    max_payload_bytes: usize,
+}
+
+impl Router {
+    /// The router for the outbox table in `cfg`.
+    pub(crate) fn new(cfg: &Config) -> Result<Self> {
+        let template = TopicTemplate::parse(&cfg.kafka.topic_template)
+            .map_err(|msg| ConfigError::new("kafka.topic-template", msg))?;
+        let table = cfg.outbox_table();
+        Ok(Self {
+            relations: RelationCache::new(),
+            table_name: table.name.clone(),
+            mapping: OutboxMapping::new(table, cfg.column_names()),
+            resolved: HashMap::new(),
+            template,
+            max_payload_bytes: cfg.relay.max_payload_bytes,
+        })
+    }
+
+    /// A Relation message: remember it and resolve it against the mapping.
+    pub(crate) fn relation(&mut self, rel: Relation) -> Result<()> {
+        let rel = self.relations.insert(rel);
+        let resolved = self.mapping.resolve(&rel).map_err(|e| {
+            RelayError::Environment(format!(
+                "outbox table {}.{} does not match outbox.columns: {e}",
+                rel.namespace, rel.name
+            ))
+        })?;
+        self.resolved.insert(rel.id, resolved.map(Arc::new));
+        Ok(())
+    }
+
+    /// Route one inserted row of transaction `meta`.
+    pub(crate) fn route(&self, relation_id: u32, tuple: &Tuple, meta: &TxnMeta) -> Result<Route> {
+        let resolved = match self.resolved.get(&relation_id) {
+            Some(Some(r)) => r,
+            Some(None) => return Ok(Route::Ignore),
+            None => {
+                return Err(RelayError::Replication(
+                    pgwire_replication::PgWireError::Protocol(format!(
+                        "Insert for relation {relation_id} before its Relation message"
+                    )),
+                ))
+            }
+        };
+        let rec = match resolved.record(tuple) {
+            Ok(rec) => rec,
+            Err(row_err) => {
+                let reason = reason(row_err.to_string(), String::new(), true);
+                let dl = dead_letter::from_row_error(&row_err, meta, &reason);
+                return Ok(Route::Reject {
+                    row_id: row_err.row_id,
+                    dl: Box::new(dl),
+                    message: reason.message,
+                });
+            }
+        };
+        let topic = match &rec.topic {
+            Some(t) => t.clone(),
+            None => self.template.render(&RouteFields {
+                aggregate_type: &rec.aggregate_type,
+                event_type: &rec.event_type,
+                table: &self.table_name,
+            }),
+        };
+        if let Some((problem, drop_value)) = self.local_check(&rec, &topic) {
+            let reason = reason(
+                format!("outbox row id={}: {problem}", rec.id),
+                topic,
+                drop_value,
+            );
+            let dl = dead_letter::from_record(&rec, meta, &reason);
+            return Ok(Route::Reject {
+                row_id: Some(rec.id),
+                dl: Box::new(dl),
+                message: reason.message,
+            });
+        }
+        Ok(Route::Publish {
+            rec: Box::new(rec),
+            topic,
+        })
+    }
+
+    /// Checks that fail before the broker is asked: the topic name and the
+    /// payload size. Returns the problem and whether the value is at fault.
+    fn local_check(&self, rec: &OutboxRecord, topic: &str) -> Option<(String, bool)> {
+        if let Err(msg) = validate_topic(topic) {
+            return Some((msg, false));
+        }
+        let limit = self.max_payload_bytes;
+        if rec.payload.len() > limit {
+            return Some((
+                format!(
+                    "event_data is {} bytes, over relay.max-payload-bytes = {limit}",
+                    rec.payload.len()
+                ),
+                true,
+            ));
+        }
+        None
+    }
+}
+
+fn reason(message: String, original_topic: String, drop_value: bool) -> Reason {
+    Reason {
+        class: "permanent",
+        message,
+        original_topic,
+        attempts: 1,
+        first_failure: SystemTime::now(),
+        drop_value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::fixtures::{outbox_insert_message, outbox_relation, relation_message};
+    use crate::decode::{parse, Message};
+
+    fn insert(router: &Router, id: i64, topic: Option<&str>) -> Route {
+        let bytes = bytes::Bytes::from(outbox_insert_message(16384, id, None, topic));
+        let Ok(Message::Insert { relation_id, tuple }) = parse(&bytes) else {
+            panic!("not an insert")
+        };
+        router
+            .route(relation_id, &tuple, &TxnMeta::new(100, 0))
+            .unwrap()
+    }
+
+    fn router() -> Router {
+        let mut c = Config::default();
+        c.postgres.url = Some("postgres://u@h/d".into());
+        let mut r = Router::new(&c).unwrap();
+        let bytes = bytes::Bytes::from(relation_message(&outbox_relation(16384)));
+        let Ok(Message::Relation(rel)) = parse(&bytes) else {
+            panic!("not a relation")
+        };
+        r.relation(rel).unwrap();
+        r
+    }
+
+    #[test]
+    fn routes_by_template_or_column_and_rejects_bad_topics() {
+        let r = router();
+        match insert(&r, 1, None) {
+            Route::Publish { topic, rec } => {
+                assert_eq!(topic, "outbox.order");
+                assert_eq!(rec.id, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(insert(&r, 2, Some("custom")), Route::Publish { topic, .. } if topic == "custom")
+        );
+        assert!(matches!(
+            insert(&r, 3, Some("bad topic!")),
+            Route::Reject {
+                row_id: Some(3),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_insert_before_its_relation_is_a_stream_error() {
+        let c = {
+            let mut c = Config::default();
+            c.postgres.url = Some("postgres://u@h/d".into());
+            c
+        };
+        let r = Router::new(&c).unwrap();
+        let bytes = bytes::Bytes::from(outbox_insert_message(16384, 1, None, None));
+        let Ok(Message::Insert { relation_id, tuple }) = parse(&bytes) else {
+            panic!()
+        };
+        assert!(r.route(relation_id, &tuple, &TxnMeta::new(1, 0)).is_err());
+    }
+}
