@@ -5,6 +5,7 @@
 //! broker, the tables, the slot.
 
 mod apache_kafka;
+mod archive;
 mod cli;
 mod config_keys;
 mod core;
