@@ -363,9 +363,14 @@ fn build_reader(cfg: &Config, args: &ReplayArgs, covered: &Coverage) -> Result<R
             ));
         }
     }
-    let select: Vec<String> = names.iter().map(|n| format!("{n}::text")).collect();
+    // Aliased: a bare `ORDER BY id` would sort by an output column `id::text`.
+    let select: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n}::text AS c{i}"))
+        .collect();
     let sql = format!(
-        "SELECT {}, {} FROM {} WHERE {} ORDER BY {} LIMIT $2",
+        "SELECT {}, {}::text AS st FROM {} WHERE {} ORDER BY {} LIMIT $2",
         select.join(", "),
         c.status,
         cfg.outbox.table,

@@ -41,9 +41,7 @@ async fn where_are(env: &Env) -> (HashSet<i64>, HashSet<i64>, HashMap<i64, i64>)
     // One statement: one snapshot of both tables.
     let rows = c
         .query(
-            &format!(
-                "SELECT 'o', id FROM public.outbox UNION ALL SELECT 'a', id FROM {ARCHIVE}"
-            ),
+            &format!("SELECT 'o', id FROM public.outbox UNION ALL SELECT 'a', id FROM {ARCHIVE}"),
             &[],
         )
         .await
@@ -150,7 +148,11 @@ async fn archive_moves_each_row_exactly_once_even_when_a_pass_aborts() {
                     .await
                     .unwrap();
                 let (n, distinct): (i64, i64) = (r.get(0), r.get(1));
-                assert_eq!((n, distinct), (60, 60), "a row was in neither or both tables");
+                assert_eq!(
+                    (n, distinct),
+                    (60, 60),
+                    "a row was in neither or both tables"
+                );
                 checks += 1;
             }
             checks
@@ -172,7 +174,10 @@ async fn archive_moves_each_row_exactly_once_even_when_a_pass_aborts() {
             )
             .await
             .unwrap();
-        let phases = [remaining.get::<_, i64>(0) as usize, remaining.get::<_, i64>(1) as usize];
+        let phases = [
+            remaining.get::<_, i64>(0) as usize,
+            remaining.get::<_, i64>(1) as usize,
+        ];
         let err = janitor::run_pass_with_faults(
             &client,
             &cfg,
@@ -187,14 +192,21 @@ async fn archive_moves_each_row_exactly_once_even_when_a_pass_aborts() {
         assert_each_once(&all, &n);
         // Whole batches moved, the aborted one not at all.
         archived_so_far += moved_before_abort(phases, k, 7);
-        assert_eq!(archive.len(), archived_so_far, "after aborting at batch {k}");
+        assert_eq!(
+            archive.len(),
+            archived_so_far,
+            "after aborting at batch {k}"
+        );
         assert_eq!(outbox.len(), 60 - archived_so_far);
     }
 
     // The rerun finishes the job.
     let out = prune(&env, &[("OUTBOX_RELAY_RELAY_BATCH_SIZE", "7")]);
     assert!(
-        out.contains(&format!("moved to archive {ARCHIVE}: {}", 50 - archived_so_far)),
+        out.contains(&format!(
+            "moved to archive {ARCHIVE}: {}",
+            50 - archived_so_far
+        )),
         "{out}"
     );
     stop.store(true, Ordering::SeqCst);
@@ -226,7 +238,10 @@ async fn archive_moves_each_row_exactly_once_even_when_a_pass_aborts() {
     )
     .await
     .unwrap();
-    let out = prune(&env, &[("OUTBOX_RELAY_CLEANUP_ARCHIVE_RETENTION_DAYS", "2")]);
+    let out = prune(
+        &env,
+        &[("OUTBOX_RELAY_CLEANUP_ARCHIVE_RETENTION_DAYS", "2")],
+    );
     assert!(
         out.contains("pruned from the archive (older than 2 days): 5"),
         "{out}"

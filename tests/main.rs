@@ -19,6 +19,7 @@ mod observability;
 mod odd_data;
 mod refusals;
 mod relay_toml;
+mod replay;
 mod security;
 mod sql_files;
 mod support;
