@@ -23,3 +23,4 @@ mod replay;
 mod security;
 mod sql_files;
 mod support;
+mod table_health;
