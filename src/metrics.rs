@@ -142,7 +142,7 @@ pub fn describe() {
 fn describe_table_health() {
     describe_gauge!(
         ROWS,
-        "Outbox rows by status; exact up to 100000 per status, estimated from planner statistics above"
+        "Outbox rows by status; exact up to 10000 per status, estimated from planner statistics above"
     );
     describe_gauge!(
         TABLE_BYTES,

@@ -692,23 +692,22 @@ pub async fn run(
                     continue;
                 }
             };
-            *s.topics.entry(topic.clone()).or_default() += 1;
-            s.sent += 1;
             let Some((publisher, reports)) = producer.as_mut() else {
+                // Dry run: what would be sent.
+                *s.topics.entry(topic).or_default() += 1;
+                s.sent += 1;
                 continue;
             };
             // Wait for room in the window and for the rate's schedule.
             let due = (args.rate > 0).then(|| {
                 tokio::time::Instant::from_std(started)
-                    + Duration::from_secs_f64((s.sent - 1) as f64 / f64::from(args.rate))
+                    + Duration::from_secs_f64(s.sent as f64 / f64::from(args.rate))
             });
             loop {
                 while let Ok(d) = reports.try_recv() {
                     on_report(d, &mut in_flight, &mut acked, &mut s, &mut error);
                 }
                 if error.is_some() || *stop.borrow() {
-                    s.sent -= 1;
-                    *s.topics.entry(topic.clone()).or_default() -= 1;
                     s.interrupted = error.is_none();
                     break 'pages;
                 }
@@ -726,7 +725,6 @@ pub async fn run(
             }
             if let Err(e) = publisher.ensure_topic(&topic).await {
                 error = Some(e);
-                s.sent -= 1;
                 break 'pages;
             }
             let (millis, commit_text) = now_text();
@@ -746,12 +744,13 @@ pub async fn run(
                     }
                     Err((SendError::Refused(k), _)) => {
                         error = Some(RelayError::sink(format!("producing outbox row id={id}"), k));
-                        s.sent -= 1;
                         break 'pages;
                     }
                 }
             }
             in_flight += 1;
+            s.sent += 1;
+            *s.topics.entry(topic).or_default() += 1;
             if let Some(p) = progress.as_mut() {
                 p.show(&s, false);
             }

@@ -331,6 +331,9 @@ async fn lost_slot_recovery_replays_what_the_stream_never_delivered() {
         "{prune}"
     );
     assert!(statuses(&env, &b).await.iter().all(|s| s == "PENDING"));
+    let status = env.relay_command(&["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["lost_slot_rows"], 30, "{status}");
     let on_broker: HashSet<i64> = kafka::read_until_quiet_async(
         &env.bootstrap(),
         &env.topic(TOPIC),
