@@ -156,6 +156,24 @@ async fn replay_republishes_ranges_and_windows_in_id_order_with_the_replay_heade
         )),
         "{out}"
     );
+    // On a terminal (script(1) provides one) a progress bar runs on stderr.
+    let cmdline = format!(
+        "{} --config {} replay --ids ..{} --dry-run",
+        crate::fixture::relay_bin().display(),
+        env.config_path().display(),
+        ids[29]
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .env("OUTBOX_RELAY_LOG", "warn")
+        .output()
+        .expect("script(1) from util-linux");
+    let tty = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        tty.contains(&format!("replay [{}] 30/30 read", "#".repeat(30)))
+            && tty.contains("30 would be sent"),
+        "{tty}"
+    );
     // A range of ids, as fast as acks allow.
     let range: Vec<i64> = ids[5..15].to_vec();
     let out = replay_ok(
@@ -237,6 +255,19 @@ async fn replay_republishes_ranges_and_windows_in_id_order_with_the_replay_heade
     // FAILED rows left: none, so a second run selects nothing.
     let out = replay_ok(&env, &["--status", "failed"]);
     assert!(out.contains("0 rows selected"), "{out}");
+
+    // --rate spaces the sends: 5 rows at 4/s take at least a second.
+    let started = std::time::Instant::now();
+    let out = replay_ok(
+        &env,
+        &["--ids", &format!("{}..{}", ids[25], ids[29]), "--rate", "4"],
+    );
+    assert!(out.contains("5 acknowledged"), "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "5 messages at 4/s in {:?}",
+        started.elapsed()
+    );
 
     // No selector: a usage error naming what is missing.
     let (code, _, stderr) = replay(&env, &[]);
