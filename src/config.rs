@@ -22,11 +22,23 @@ use serde_json::Value;
 
 use crate::decode::{ColumnNames, TableName};
 use crate::error::ConfigError;
+use crate::sink::cloudevents::{CloudEventsConfig, MessageFormat};
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "OUTBOX_RELAY_";
 /// Prefix of librdkafka pass-through properties in the environment.
 pub const ENV_KAFKA_PROPERTY_PREFIX: &str = "OUTBOX_RELAY_KAFKA_PROPERTY_";
+/// The variables under [`ENV_PREFIX`] that are not configuration keys: the
+/// config file's path, the log filter and format (read by the CLI), and the
+/// binary the repository's scripts run. Any other `OUTBOX_RELAY_*` variable
+/// must map to a key, or loading fails naming it — a misspelt override is
+/// never silently ignored.
+pub const ENV_NOT_KEYS: &[&str] = &[
+    "OUTBOX_RELAY_CONFIG",
+    "OUTBOX_RELAY_LOG",
+    "OUTBOX_RELAY_LOG_FORMAT",
+    "OUTBOX_RELAY_BIN",
+];
 
 /// The whole configuration.
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -257,6 +269,12 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Any librdkafka producer property, passed through.
     pub properties: BTreeMap<String, String>,
+    /// `raw`, `cloudevents-binary` or `cloudevents-structured`
+    /// ([`crate::sink::cloudevents`]).
+    pub format: MessageFormat,
+    /// How CloudEvents attributes are derived (used by the CloudEvents
+    /// formats only).
+    pub cloudevents: CloudEventsConfig,
 }
 
 impl Default for KafkaConfig {
@@ -271,6 +289,8 @@ impl Default for KafkaConfig {
             topic_replication_factor: 0,
             dlq_topic: "outbox.dlq".into(),
             properties: BTreeMap::new(),
+            format: MessageFormat::Raw,
+            cloudevents: CloudEventsConfig::default(),
         }
     }
 }
@@ -511,7 +531,8 @@ impl Config {
                 "must be 0 (min(3, brokers)) or 1-32",
             ));
         }
-        crate::sink::producer::check_properties(&self.kafka.properties)?;
+        crate::sink::kafka_config::check_properties(&self.kafka.properties)?;
+        self.kafka.cloudevents.validate()?;
         for (key, d) in [
             ("relay.checkpoint-interval", self.relay.checkpoint_interval),
             ("relay.backoff-initial", self.relay.backoff_initial),
@@ -595,6 +616,10 @@ impl Config {
             payload: c.payload.clone(),
             headers: opt(&c.headers),
             topic: opt(&c.topic),
+            // Read only when it becomes the CloudEvents id.
+            event_id: (self.kafka.format != MessageFormat::Raw)
+                .then(|| opt(&self.kafka.cloudevents.id_column))
+                .flatten(),
         }
     }
 
@@ -753,6 +778,29 @@ fn apply_env(
     let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let mut leaves = Vec::new();
     collect_leaves(defaults, &mut Vec::new(), &mut leaves);
+    let names: Vec<String> = leaves
+        .iter()
+        .map(|(path, _)| env_name(&path.iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect();
+    for (var, _) in env {
+        let known = !var.starts_with(ENV_PREFIX)
+            || var.starts_with(ENV_KAFKA_PROPERTY_PREFIX)
+            || ENV_NOT_KEYS.contains(&var.as_str())
+            || names.contains(var);
+        if !known {
+            let hint = names
+                .iter()
+                .map(|n| (edit_distance(n, var), n))
+                .filter(|(d, _)| *d <= 3)
+                .min()
+                .map(|(_, n)| format!(" (did you mean {n}?)"))
+                .unwrap_or_default();
+            return Err(ConfigError::new(
+                var.as_str(),
+                format!("unknown variable: it maps to no configuration key{hint}"),
+            ));
+        }
+    }
     for (path, default) in leaves {
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
         if refs == ["kafka", "properties"] {
@@ -786,6 +834,21 @@ fn apply_env(
         }
     }
     Ok(())
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn collect_leaves(v: &Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, Value)>) {
@@ -835,6 +898,28 @@ mod tests {
         [kafka]
         brokers = "127.0.0.1:9092"
     "#;
+
+    #[test]
+    fn an_environment_variable_that_maps_to_no_key_is_named() {
+        for (var, hint) in [
+            ("OUTBOX_RELAY_KAFKA_FORMATX", ""),
+            (
+                "OUTBOX_RELAY_RELAY_ON_PERMANENT_ERORR",
+                "did you mean OUTBOX_RELAY_RELAY_ON_PERMANENT_ERROR?",
+            ),
+        ] {
+            let e = Config::from_sources(Some(MIN), &env(&[(var, "x")]), &Overrides::default())
+                .unwrap_err();
+            assert_eq!(e.key, var);
+            assert!(e.message.contains("maps to no configuration key"), "{e}");
+            assert!(e.message.contains(hint), "{e}");
+            assert!(!e.message.contains("\"x\""), "no value echoed: {e}");
+        }
+        // The variables that are not keys are fine.
+        for var in ENV_NOT_KEYS {
+            Config::from_sources(Some(MIN), &env(&[(var, "x")]), &Overrides::default()).unwrap();
+        }
+    }
 
     #[test]
     fn file_then_env_then_flags() {

@@ -51,7 +51,10 @@
 //! [`table_health`] (row counts, sizes, oldest unpublished row as metrics).
 //! Housekeeping and repair: [`janitor`] · [`archive`] (move before prune) ·
 //! [`replay`] (`outbox-relay replay`, `dlq replay`) · [`recovery`] (after a
-//! lost slot).
+//! lost slot) · [`verify`] (`outbox-relay verify`: the broker compared with the
+//! outbox table — missing, duplicated, reordered, foreign messages).
+//! Message shapes: [`sink::message`] (raw) and [`sink::cloudevents`]
+//! (`kafka.format`).
 
 pub mod app;
 pub mod archive;
@@ -79,3 +82,4 @@ pub mod source;
 pub mod status;
 pub mod table_health;
 pub mod tracker;
+pub mod verify;

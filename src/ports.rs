@@ -81,12 +81,13 @@ pub trait EventStream: Send {
 }
 
 /// Whether a topic can take messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicState {
     /// It exists (or was just created).
     Ready,
-    /// It does not exist and will not be created: a refusal of the row.
-    Missing,
+    /// It does not exist and will not be created, or the relay's principal
+    /// may not even see it: a refusal of the row, for this reason.
+    Refused(crate::sink::classify::SinkError),
 }
 
 /// The producer, with its delivery reports.
@@ -232,10 +233,9 @@ impl MessageSink for KafkaSink {
     }
 
     async fn check_topic(&mut self, topic: &str) -> Result<TopicState> {
-        Ok(if self.publisher.topic_exists(topic).await? {
-            TopicState::Ready
-        } else {
-            TopicState::Missing
+        Ok(match self.publisher.topic_refusal(topic).await? {
+            None => TopicState::Ready,
+            Some(e) => TopicState::Refused(e),
         })
     }
 

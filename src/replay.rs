@@ -288,6 +288,9 @@ fn build_reader(cfg: &Config, args: &ReplayArgs, covered: &Coverage) -> Result<R
     if !c.topic.is_empty() {
         names.push(c.topic.clone());
     }
+    if let Some(event_id) = cfg.column_names().event_id {
+        names.push(event_id);
+    }
     let relation = Arc::new(Relation {
         id: 0,
         namespace: table.schema.clone(),
@@ -614,6 +617,12 @@ pub async fn run(
         Some(Publisher::new(cfg)?)
     };
     let (_, run_text) = now_text();
+    // The message shape of `kafka.format` (raw, or CloudEvents), as the stream builds it.
+    let cloudevents = crate::sink::cloudevents::CloudEvents::new(
+        cfg.kafka.format,
+        &cfg.kafka.cloudevents,
+        &cfg.outbox_table().name,
+    )?;
     let max_in_flight = cfg.kafka.max_in_flight.max(1);
     let page_size = i64::from(cfg.relay.batch_size);
     let mut in_flight = 0usize;
@@ -728,7 +737,7 @@ pub async fn run(
                 break 'pages;
             }
             let (millis, commit_text) = now_text();
-            let mut meta = TxnMeta::new(0, 0);
+            let mut meta = TxnMeta::new(0, 0).with_cloudevents(cloudevents.clone());
             meta.lsn_text = "replay".into();
             meta.commit_unix_millis = millis;
             meta.commit_text = commit_text;

@@ -105,6 +105,56 @@ fn check_config_masks_secrets() {
     assert!(all.contains("relay:***@127.0.0.1"));
 }
 
+/// `check-config` validates offline: with a broker address where nothing listens, it says
+/// the configuration is valid and nothing else (no connection attempt, no librdkafka line).
+#[test]
+fn check_config_stays_offline() {
+    let port = free_port();
+    let out = Command::new(relay_bin())
+        .args([
+            "check-config",
+            "--postgres-url",
+            "postgres://relay@127.0.0.1:5432/app",
+        ])
+        .args(["--kafka-brokers", &format!("127.0.0.1:{port}")])
+        .env("OUTBOX_RELAY_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("# configuration is valid"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("librdkafka") && !stderr.contains(&port.to_string()),
+        "check-config connected somewhere: {stderr}"
+    );
+}
+
+/// An `OUTBOX_RELAY_*` variable that maps to no key is an error naming it (exit 2).
+#[test]
+fn misspelt_environment_override_is_named() {
+    let out = Command::new(relay_bin())
+        .args([
+            "check-config",
+            "--postgres-url",
+            "postgres://relay@127.0.0.1:5432/app",
+        ])
+        .args(["--kafka-brokers", "127.0.0.1:1"])
+        .env("OUTBOX_RELAY_RELAY_ON_PERMANENT_EROR", "block")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("OUTBOX_RELAY_RELAY_ON_PERMANENT_EROR")
+            && stderr.contains("did you mean OUTBOX_RELAY_RELAY_ON_PERMANENT_ERROR"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn unreachable_host_fails_with_one_line() {
     let port = free_port();

@@ -655,6 +655,12 @@ async fn network_fault(via: Via, fault: Fault, relay_env: &[(&str, &str)]) -> Re
     }
 }
 
+/// How soon after a network fault ends the relay must be publishing again. Typically
+/// 0.1–0.6 s (printed by each test); the bound only catches a retry delay that grew
+/// towards `relay.backoff-max`, with room for a 2-core machine under load (CI runs the
+/// suite two tests at a time beside the brokers).
+const RECOVERY_BOUND: Duration = Duration::from_secs(3);
+
 /// librdkafka property that makes the relay's producer connect to the
 /// brokers at once instead of on first use (`enable.sparse.connections`
 /// defaults to true). See [`postgres_connections_cut_through_proxy`] for why
@@ -672,7 +678,7 @@ const EAGER_BROKER_CONNECTIONS: (&str, &str) = (
 async fn broker_stall_3s_through_proxy() {
     let r = network_fault(Via::Broker, Fault::Stall(Duration::from_secs(3)), &[]).await;
     assert_eq!(r.duplicates, 0, "a stall needs no re-send");
-    assert!(r.marker < Duration::from_secs(1), "recovery {:?}", r.marker);
+    assert!(r.marker < RECOVERY_BOUND, "recovery {:?}", r.marker);
 }
 
 /// Every relay ↔ broker connection is closed at once: librdkafka reconnects
@@ -683,7 +689,7 @@ async fn broker_stall_3s_through_proxy() {
 async fn broker_connections_cut_through_proxy() {
     let r = network_fault(Via::Broker, Fault::Cut, &[]).await;
     assert_eq!(r.duplicates, 0, "idempotent retries, no re-send");
-    assert!(r.marker < Duration::from_secs(1), "recovery {:?}", r.marker);
+    assert!(r.marker < RECOVERY_BOUND, "recovery {:?}", r.marker);
 }
 
 /// Connections cut and new ones refused for 2 s. librdkafka's reconnect
@@ -705,7 +711,7 @@ async fn broker_refusing_connections_2s_through_proxy() {
         )],
     )
     .await;
-    assert!(r.marker < Duration::from_secs(1), "recovery {:?}", r.marker);
+    assert!(r.marker < RECOVERY_BOUND, "recovery {:?}", r.marker);
 }
 
 /// Relay ↔ PostgreSQL connections (replication and control) are closed at
@@ -723,7 +729,7 @@ async fn broker_refusing_connections_2s_through_proxy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_connections_cut_through_proxy() {
     let r = network_fault(Via::Postgres, Fault::Cut, &[]).await;
-    assert!(r.marker < Duration::from_secs(1), "recovery {:?}", r.marker);
+    assert!(r.marker < RECOVERY_BOUND, "recovery {:?}", r.marker);
 }
 
 /// As above, with the producer connecting eagerly: the session restart
@@ -731,7 +737,7 @@ async fn postgres_connections_cut_through_proxy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_connections_cut_through_proxy_eager_broker_connections() {
     let r = network_fault(Via::Postgres, Fault::Cut, &[EAGER_BROKER_CONNECTIONS]).await;
-    assert!(r.marker < Duration::from_secs(1), "recovery {:?}", r.marker);
+    assert!(r.marker < RECOVERY_BOUND, "recovery {:?}", r.marker);
 }
 
 /// Relay ↔ PostgreSQL bytes stall for 3 s: the replication stream and the
@@ -741,7 +747,7 @@ async fn postgres_connections_cut_through_proxy_eager_broker_connections() {
 async fn postgres_stall_3s_through_proxy() {
     let r = network_fault(Via::Postgres, Fault::Stall(Duration::from_secs(3)), &[]).await;
     assert_eq!(r.duplicates, 0, "same session, nothing re-sent");
-    assert!(r.marker < Duration::from_secs(1), "recovery {:?}", r.marker);
+    assert!(r.marker < RECOVERY_BOUND, "recovery {:?}", r.marker);
 }
 
 /// PostgreSQL connections cut and refused for 2 s. The relay's own session
@@ -759,11 +765,7 @@ async fn postgres_refusing_connections_2s_through_proxy() {
         &[EAGER_BROKER_CONNECTIONS],
     )
     .await;
-    assert!(
-        r.marker < Duration::from_millis(1500),
-        "recovery {:?}",
-        r.marker
-    );
+    assert!(r.marker < RECOVERY_BOUND, "recovery {:?}", r.marker);
 }
 
 // ---- produce errors (librdkafka mock cluster) -------------------------------

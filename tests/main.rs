@@ -7,6 +7,7 @@
 mod apache_kafka;
 mod archive;
 mod cli;
+mod cloudevents;
 mod config_keys;
 mod core;
 mod dlq;
@@ -24,3 +25,4 @@ mod security;
 mod sql_files;
 mod support;
 mod table_health;
+mod verify;

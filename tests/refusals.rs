@@ -93,14 +93,13 @@ const FAST_RETRY: [(&str, &str); 3] = [
     ("OUTBOX_RELAY_RELAY_BACKOFF_MAX", "1s"),
 ];
 
-// Fails today (seen: [11, 1, 2, 3, 4, 5] while blocked at row 6): the
-// *first*, pipelined attempt is refused as a batch, and librdkafka's
-// idempotent producer then re-sequences the later in-flight batch (drain and
-// epoch bump) and delivers it before the relay sees the refusal. From the
-// replay on, the row is sent alone and holds the stream (the fake-based
-// tests pin that). Closing the first-attempt gap needs
-// `enable.gapless.guarantee=true` plus a fresh producer per isolated attempt.
-#[ignore = "first pipelined attempt can leak a later batch; see comment"]
+// Once failed (seen: [11, 1, 2, 3, 4, 5] while blocked at row 6): the first,
+// pipelined attempt was refused as a batch, and librdkafka's idempotent
+// producer re-sequenced the later in-flight batch (drain and epoch bump) and
+// delivered it before the relay saw the refusal. The producer now runs with
+// `enable.gapless.guarantee=true` (it stops instead; see sink::kafka_config)
+// and rows are re-sent alone on a producer of their own.
+
 #[tokio::test(flavor = "multi_thread")]
 async fn block_mode_keeps_rows_behind_a_broker_refused_row_until_the_limit_is_raised() {
     let env = Env::start_with(&[TOPIC], "", 1000).await;

@@ -34,6 +34,7 @@ mod send;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -85,6 +86,8 @@ pub struct Session<'a> {
     cfg: &'a Config,
     health: SharedHealth,
     router: Router,
+    /// CloudEvents encoder (`kafka.format`), handed to every transaction.
+    cloudevents: Option<Arc<crate::sink::cloudevents::CloudEvents>>,
     progress: Progress,
     policy: FailurePolicy,
     limits: Limits,
@@ -139,6 +142,11 @@ impl<'a> Session<'a> {
             cfg,
             health,
             router: Router::new(cfg)?,
+            cloudevents: crate::sink::cloudevents::CloudEvents::new(
+                cfg.kafka.format,
+                &cfg.kafka.cloudevents,
+                &cfg.outbox_table().name,
+            )?,
             progress: Progress::new(resume_from),
             policy: FailurePolicy::new(cfg),
             limits: Limits {
@@ -205,14 +213,19 @@ impl<'a> Session<'a> {
                 Ok(SessionEnd::Stopped)
             }
             Err(e) => {
-                // Deliveries of a producer that stopped for good fail as
-                // "purged"; the producer's own error says why (and decides
-                // whether the relay retries or stops).
-                let e = sink.fatal_error().unwrap_or(e);
+                // A producer that stopped for good (the gap-less guarantee
+                // stops it on any refused batch) says why, and its error
+                // decides whether the relay retries or stops. Either way the
+                // refusals already reported are noted first, so the next
+                // session sends those rows alone.
+                let fatal = sink.fatal_error();
+                let refused = e.class() == ErrorClass::Permanent || fatal.is_some();
+                let e = fatal.unwrap_or(e);
                 // Whatever is in flight will be replayed from the checkpoint.
                 sink.purge();
-                if e.class() == ErrorClass::Permanent {
+                if refused {
                     self.note_batch_refusals(&mut sink).await;
+                    self.policy.count_lone_refusal(&mut self.stats.refusals);
                 }
                 stream.close(false).await;
                 Err(e)

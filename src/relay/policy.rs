@@ -9,7 +9,9 @@
 //!   refuses a whole produce batch when one record is too large, so a
 //!   refusal of a pipelined message may be a neighbour's fault. It ends the
 //!   session (the driver purges, notes every refused row as a suspect, and
-//!   the supervisor replays from the checkpoint); no attempt is counted.
+//!   the supervisor replays from the checkpoint); an attempt is counted only
+//!   when that failure refused exactly one row — then no neighbour shared
+//!   its fate, and the refusal was its own ([`FailurePolicy::count_lone_refusal`]).
 //!   On replay a suspect is *isolated*: sent only once nothing else is in
 //!   flight, and nothing after it is read until its report. Accepted: it
 //!   was innocent, forgotten. Refused: an attempt of its own.
@@ -109,6 +111,8 @@ pub(crate) struct FailurePolicy {
     failed_rows: Vec<(i64, i32)>,
     /// The blocked row changed since it was last recorded.
     blocked_changed: bool,
+    /// Rows refused in a batch since the last [`count_lone_refusal`](Self::count_lone_refusal).
+    suspects: Vec<i64>,
 }
 
 impl FailurePolicy {
@@ -122,7 +126,33 @@ impl FailurePolicy {
             hold: None,
             failed_rows: Vec::new(),
             blocked_changed: false,
+            suspects: Vec::new(),
         }
+    }
+
+    /// The session ended on refusals in a batch and every report of them is
+    /// in: when exactly one row was refused, the refusal was that row's own,
+    /// so it counts as an attempt (see the module docs).
+    pub(crate) fn count_lone_refusal(&mut self, ledger: &mut Ledger) {
+        let mut suspects = std::mem::take(&mut self.suspects);
+        suspects.sort_unstable();
+        suspects.dedup();
+        if let [id] = suspects[..] {
+            if let Some(r) = ledger.get_mut(&id) {
+                r.attempts += 1;
+            }
+        }
+    }
+
+    /// Whether the ledger says `row_id` has used up its attempts: it is
+    /// dead-lettered or blocks on admission, without another send.
+    pub(crate) fn spent(&self, ledger: &Ledger, row_id: i64) -> Option<SinkError> {
+        let r = ledger.get(&row_id)?;
+        (r.attempts >= self.max_retry).then(|| SinkError {
+            class: ErrorClass::Permanent,
+            message: r.error.clone(),
+            too_large: r.too_large,
+        })
     }
 
     /// Whether the stream may be read: not while a row is held.
@@ -261,6 +291,7 @@ impl FailurePolicy {
             ));
         }
         if !tag.isolated {
+            self.suspects.push(id);
             let r = note(ledger, id, &failed.error);
             tracing::warn!(row_id = id, topic = %failed.topic, error = %r.error, "broker refused outbox row in a batch; it will be sent alone");
             metrics::counter!(m::RETRIES, "reason" => "permanent").increment(1);
@@ -278,8 +309,31 @@ impl FailurePolicy {
         &mut self,
         ledger: &mut Ledger,
         failed: Box<FailedMessage>,
+        tag: Box<MsgTag>,
+        now: Instant,
+    ) -> Vec<Effect> {
+        self.decide(ledger, failed, tag, now, true)
+    }
+
+    /// A row whose attempts were used up in earlier sessions comes round
+    /// again: dead-letter it, or block on it, without sending it again.
+    pub(crate) fn give_up(
+        &mut self,
+        ledger: &mut Ledger,
+        failed: Box<FailedMessage>,
+        tag: Box<MsgTag>,
+        now: Instant,
+    ) -> Vec<Effect> {
+        self.decide(ledger, failed, tag, now, false)
+    }
+
+    fn decide(
+        &mut self,
+        ledger: &mut Ledger,
+        failed: Box<FailedMessage>,
         mut tag: Box<MsgTag>,
         now: Instant,
+        count: bool,
     ) -> Vec<Effect> {
         debug_assert!(
             self.hold
@@ -288,8 +342,8 @@ impl FailurePolicy {
             "one hold at a time"
         );
         let r = note(ledger, tag.row_id, &failed.error);
-        let spent = if self.hold.as_ref().is_some_and(|h| h.blocked.is_some()) {
-            true // already blocked: re-checks are not attempts
+        let spent = if self.hold.as_ref().is_some_and(|h| h.blocked.is_some()) || !count {
+            true // already blocked (re-checks are not attempts), or spent before
         } else {
             r.attempts += 1;
             r.attempts >= self.max_retry

@@ -34,8 +34,12 @@ impl Session<'_> {
                     Box::pin(self.apply(more, sink, book)).await?;
                 }
                 Effect::Send(msg, tag) => {
-                    if tag.isolated && sink.check_topic(&msg.topic).await? == TopicState::Missing {
-                        let err = SinkError::missing_topic(&msg.topic);
+                    let state = if tag.isolated {
+                        sink.check_topic(&msg.topic).await?
+                    } else {
+                        TopicState::Ready
+                    };
+                    if let TopicState::Refused(err) = state {
                         let more = self.policy.refused_alone(
                             &mut self.stats.refusals,
                             with_error(msg, err),
@@ -133,15 +137,25 @@ impl Session<'_> {
     ) -> Result<()> {
         self.progress.sent(seq);
         let mut tag = MsgTag::first(seq, rec.id, meta.commit_unix_millis);
-        let failed = || failed_from_record(rec, meta, topic, SinkError::missing_topic(topic));
-        if sink.check_topic(topic).await? == TopicState::Missing {
+        let failed = |err| failed_from_record(rec, meta, topic, err);
+        if let Some(err) = self.policy.spent(&self.stats.refusals, rec.id) {
             let effects =
                 self.policy
-                    .refused_alone(&mut self.stats.refusals, failed(), tag, Instant::now());
+                    .give_up(&mut self.stats.refusals, failed(err), tag, Instant::now());
+            return self.apply(effects, sink, book).await;
+        }
+        if let TopicState::Refused(err) = sink.check_topic(topic).await? {
+            let effects = self.policy.refused_alone(
+                &mut self.stats.refusals,
+                failed(err),
+                tag,
+                Instant::now(),
+            );
             return self.apply(effects, sink, book).await;
         }
         if self.stats.refusals.contains_key(&rec.id) {
-            let _ = self.policy.admit(&self.stats.refusals, failed(), tag);
+            let held = failed(SinkError::missing_topic(topic));
+            let _ = self.policy.admit(&self.stats.refusals, held, tag);
             return Ok(());
         }
         tag.bytes = rec.payload.len()
@@ -193,7 +207,7 @@ pub(super) fn failed_from_record(
         error,
         topic: topic.to_string(),
         key: Some(rec.aggregate_id.as_bytes().to_vec()),
-        payload: Some(rec.payload.to_vec()),
+        payload: Some(crate::sink::message::value(rec, meta).into_owned()),
         headers: crate::sink::message::header_pairs(rec, meta),
     })
 }

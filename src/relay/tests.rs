@@ -124,7 +124,7 @@ impl MessageSink for FakeSinkPort {
     }
     async fn check_topic(&mut self, topic: &str) -> Result<TopicState> {
         Ok(if self.shared.missing.lock().unwrap().contains(topic) {
-            TopicState::Missing
+            TopicState::Refused(crate::sink::classify::SinkError::missing_topic(topic))
         } else {
             TopicState::Ready
         })
@@ -448,8 +448,9 @@ async fn broker_refusals_replay_in_order_then_dead_letter() {
     cfg.relay.max_retry = 3;
     let mut stats = SessionStats::default();
     let book = FakeBook::default();
-    // A refusal of a pipelined message ends the session without counting an
-    // attempt (it may be a neighbour's fault); the row becomes a suspect.
+    // A refusal of a pipelined message ends the session; the row becomes a
+    // suspect. It was the only row refused (row 8 was not), so the refusal
+    // was its own and counts as its first attempt.
     let res = with_session_stats(cfg.clone(), 0, &mut stats, book.clone(), |rig| async move {
         rig.relation();
         rig.txn(100, &[7, 8]);
@@ -460,31 +461,31 @@ async fn broker_refusals_replay_in_order_then_dead_letter() {
     .await;
     let err = res.expect_err("a refusal in a batch ends the session");
     assert_eq!(err.class(), crate::error::ErrorClass::Permanent);
-    assert_eq!(stats.refusals[&7].attempts, 0);
-    // Replay: row 7 alone, refused three times in place, then its DLQ copy;
+    assert_eq!(stats.refusals[&7].attempts, 1);
+    // Replay: row 7 alone, refused twice more in place, then its DLQ copy;
     // row 8 only after that.
     with_session_stats(cfg, 0, &mut stats, book.clone(), |rig| async move {
         rig.relation();
         rig.txn(100, &[7, 8]);
-        for n in 1..=3 {
+        for n in 1..=2 {
             rig.until("row 7 alone", |r| r.sent().len() == n).await;
             assert!(rig.sent().iter().all(|s| s.tag.row_id == 7));
             rig.refuse(n - 1, RDKafkaErrorCode::TopicAuthorizationFailed);
         }
-        rig.until("the DLQ copy, then row 8", |r| r.sent().len() == 5)
+        rig.until("the DLQ copy, then row 8", |r| r.sent().len() == 4)
             .await;
-        let dlq = &rig.sent()[3];
+        let dlq = &rig.sent()[2];
         assert!(dlq.tag.is_dlq);
         assert_eq!(dlq.tag.row_id, 7);
         assert!(dlq
             .headers
             .iter()
             .any(|(k, v)| k == "dlq.attempts" && v == b"3"));
-        assert_eq!(rig.sent()[4].tag.row_id, 8);
-        rig.ack(4);
+        assert_eq!(rig.sent()[3].tag.row_id, 8);
+        rig.ack(3);
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(rig.saved(), 0, "not durable until the DLQ copy is acked");
-        rig.ack(3);
+        rig.ack(2);
         rig.until("durable", |r| r.saved() == 108).await;
         stop(rig).await;
     })
@@ -608,3 +609,39 @@ async fn idle_keepalives_confirm_the_slot_without_writing_the_checkpoint() {
 
 #[path = "bug_tests.rs"]
 mod bugs;
+
+#[tokio::test(start_paused = true)]
+async fn a_row_spent_in_an_earlier_session_is_dead_lettered_without_another_send() {
+    let mut cfg = config();
+    cfg.relay.max_retry = 1;
+    let mut stats = SessionStats::default();
+    let book = FakeBook::default();
+    // The only row refused: its own refusal, attempt 1 of 1.
+    let res = with_session_stats(cfg.clone(), 0, &mut stats, book.clone(), |rig| async move {
+        rig.relation();
+        rig.txn(100, &[7, 8]);
+        rig.until("two sends", |r| r.sent().len() == 2).await;
+        rig.refuse(0, RDKafkaErrorCode::MessageSizeTooLarge);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    })
+    .await;
+    res.expect_err("a refusal in a batch ends the session");
+    assert_eq!(stats.refusals[&7].attempts, 1);
+    with_session_stats(cfg, 0, &mut stats, book.clone(), |rig| async move {
+        rig.relation();
+        rig.txn(100, &[7, 8]);
+        rig.until("the DLQ copy and row 8", |r| r.sent().len() == 2)
+            .await;
+        let s = rig.sent();
+        assert!(s[0].tag.is_dlq, "row 7 goes straight to the DLQ: {s:?}");
+        assert_eq!(s[0].tag.row_id, 7);
+        assert_eq!(s[1].tag.row_id, 8);
+        assert!(!s[1].tag.is_dlq);
+        rig.ack(0);
+        rig.ack(1);
+        rig.until("durable", |r| r.saved() == 108).await;
+        stop(rig).await;
+    })
+    .await
+    .unwrap();
+}

@@ -43,6 +43,19 @@ impl SinkError {
         }
     }
 
+    /// The relay's principal may not see `topic` (the broker answers
+    /// metadata for it with TOPIC_AUTHORIZATION_FAILED, as for a topic
+    /// without a Describe ACL).
+    pub fn forbidden_topic(topic: &str) -> Self {
+        Self {
+            class: ErrorClass::Permanent,
+            message: format!(
+                "Broker: Topic authorization failed (TopicAuthorizationFailed): the relay's principal may not describe or write topic {topic}"
+            ),
+            too_large: false,
+        }
+    }
+
     /// An error of `class` with `message` (tests, fakes).
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
         Self {

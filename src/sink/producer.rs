@@ -5,7 +5,7 @@
 //! Pipelining: [`Publisher::send`] only enqueues; acknowledgements come back
 //! on the [`Delivery`] channel. Nothing awaits a single message.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -21,95 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::decode::OutboxRecord;
-use crate::error::ConfigError;
 use crate::error::{RelayError, Result};
 use crate::sink::classify::SinkError;
-use crate::sink::message::{headers, TxnMeta};
-
-/// Properties the relay sets and a user may not weaken: they are what keeps
-/// per-partition order across retries (invariant 3).
-const PINNED: &[(&str, &str)] = &[
-    ("enable.idempotence", "true"),
-    ("acks", "all"),
-    ("max.in.flight.requests.per.connection", "5"),
-];
-
-/// Defaults a user may override: low linger for latency, generous queue so
-/// `kafka.max-in-flight` is the bound that bites, not librdkafka's.
-const DEFAULTS: &[(&str, &str)] = &[
-    ("linger.ms", "1"),
-    // A new session's producer must get its producer id at once: connect to
-    // every broker up front instead of on demand, and keep reconnect
-    // backoff short so recovery after an outage takes well under a second.
-    ("enable.sparse.connections", "false"),
-    ("reconnect.backoff.max.ms", "1000"),
-    ("queue.buffering.max.messages", "1000000"),
-    ("message.timeout.ms", "300000"),
-    ("socket.keepalive.enable", "true"),
-    // The Java client's partitioner (murmur2 of the key), not librdkafka's CRC32 default:
-    // a key lands on the partition Java producers and Debezium put it on, so one
-    // aggregate's events never split across partitions when a team moves to the relay.
-    ("partitioner", "murmur2_random"),
-];
-
-/// Reject pass-through properties that would break ordering or that have a
-/// dedicated key; the error names the key.
-pub fn check_properties(props: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-    for (k, v) in props {
-        let key = format!("kafka.properties.{k}");
-        match k.as_str() {
-            "bootstrap.servers" | "metadata.broker.list" => {
-                return Err(ConfigError::new(key, "use kafka.brokers instead"));
-            }
-            "enable.idempotence" if v != "true" => {
-                return Err(ConfigError::new(
-                    key,
-                    "must stay true: it keeps per-partition order across retries",
-                ));
-            }
-            "acks" | "request.required.acks" if !(v == "all" || v == "-1") => {
-                return Err(ConfigError::new(
-                    key,
-                    "must stay all: a checkpoint may only follow a durable ack",
-                ));
-            }
-            "max.in.flight.requests.per.connection" | "max.in.flight" => {
-                let n: u32 = v
-                    .parse()
-                    .map_err(|_| ConfigError::new(&key, "must be an integer 1-5"))?;
-                if !(1..=5).contains(&n) {
-                    return Err(ConfigError::new(key, "must be 1-5 with idempotence"));
-                }
-            }
-            "transactional.id" => {
-                return Err(ConfigError::new(
-                    key,
-                    "not supported: the relay uses idempotence and checkpoints, not transactions",
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// The librdkafka configuration for the relay's producer.
-pub fn client_config(cfg: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in DEFAULTS {
-        c.set(*k, *v);
-    }
-    for (k, v) in &cfg.kafka.properties {
-        c.set(k, v);
-    }
-    for (k, v) in PINNED {
-        if !cfg.kafka.properties.contains_key(*k) {
-            c.set(*k, *v);
-        }
-    }
-    c.set("bootstrap.servers", cfg.kafka_brokers());
-    c
-}
+use crate::sink::kafka_config::{self, ClientRole};
+use crate::sink::message::{headers, value, TxnMeta};
 
 /// What travels with a message through librdkafka and comes back in its
 /// delivery report (boxed as the delivery opaque).
@@ -189,6 +104,15 @@ pub struct ReportingContext {
     last_error: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
 }
 
+impl ReportingContext {
+    fn new(tx: mpsc::UnboundedSender<Delivery>) -> Self {
+        Self {
+            tx,
+            last_error: std::sync::Mutex::new(None),
+        }
+    }
+}
+
 impl ClientContext for ReportingContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
@@ -197,6 +121,11 @@ impl ClientContext for ReportingContext {
             // is the relay's to report: it retries with backoff, or stops with
             // one line naming the cause (see `Publisher::check_reachable` and
             // `Publisher::fatal_error`). The error callback below repeats it.
+            // The one experimental property the relay sets on purpose (see
+            // `kafka_config`): not worth a warning per producer.
+            _ if fac == "CONFWARN" && log_message.contains("enable.gapless.guarantee") => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{log_message}")
+            }
             _ if fac == "FAIL" || fac == "FATAL" => {
                 tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
             }
@@ -274,6 +203,11 @@ where
 /// The relay's producer.
 pub struct Publisher {
     producer: ThreadedProducer<ReportingContext>,
+    /// The producer for rows sent alone ([`MsgTag::isolated`]), created on
+    /// first use: see [`ClientRole::Isolated`]. Its reports share the channel.
+    isolated: std::sync::OnceLock<ThreadedProducer<ReportingContext>>,
+    isolated_config: ClientConfig,
+    reports: mpsc::UnboundedSender<Delivery>,
     admin: Option<AdminClient<DefaultClientContext>>,
     known_topics: HashSet<String>,
     topic_partitions: i32,
@@ -286,37 +220,15 @@ impl Publisher {
     /// error naming `kafka.properties` when librdkafka rejects a property.
     pub fn new(cfg: &Config) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>)> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let cc = client_config(cfg);
+        let cc = cfg.kafka.to_rdkafka(ClientRole::Producer);
         let producer: ThreadedProducer<ReportingContext> = cc
-            .create_with_context(ReportingContext {
-                tx,
-                last_error: std::sync::Mutex::new(None),
-            })
-            .map_err(|e| match e {
-                KafkaError::ClientConfig(_, msg, key, value) => {
-                    // librdkafka quotes the rejected value; never echo a secret.
-                    let msg = if crate::config::is_secret_property(&key) && !value.is_empty() {
-                        msg.replace(&value, "***")
-                    } else {
-                        msg
-                    };
-                    RelayError::Config(ConfigError::new(format!("kafka.properties.{key}"), msg))
-                }
-                KafkaError::ClientCreation(msg) => {
-                    RelayError::Config(ConfigError::new("kafka.properties", msg))
-                }
-                other => RelayError::kafka("creating producer", other),
-            })?;
+            .create_with_context(ReportingContext::new(tx.clone()))
+            .map_err(|e| kafka_config::creation_error(e, "creating producer"))?;
         let admin = if cfg.kafka.create_topics {
-            let mut ac = ClientConfig::new();
-            for (k, v) in &cfg.kafka.properties {
-                if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
-                    ac.set(k, v);
-                }
-            }
-            ac.set("bootstrap.servers", cfg.kafka_brokers());
             Some(
-                ac.create()
+                cfg.kafka
+                    .to_rdkafka(ClientRole::Admin)
+                    .create()
                     .map_err(|e| RelayError::kafka("creating admin client", e))?,
             )
         } else {
@@ -325,6 +237,9 @@ impl Publisher {
         Ok((
             Self {
                 producer,
+                isolated: std::sync::OnceLock::new(),
+                isolated_config: cfg.kafka.to_rdkafka(ClientRole::Isolated),
+                reports: tx,
                 admin,
                 known_topics: HashSet::new(),
                 topic_partitions: cfg.kafka.topic_partitions,
@@ -416,17 +331,18 @@ impl Publisher {
         Ok(())
     }
 
-    /// Whether `topic` can take messages: created when `kafka.create-topics`
-    /// is on, otherwise asked of the broker once (a metadata request) so a
-    /// missing topic is known at once instead of after librdkafka's
-    /// `topic.metadata.propagation.max.ms`. Only existing topics are cached.
-    pub async fn topic_exists(&mut self, topic: &str) -> Result<bool> {
+    /// Why `topic` cannot take messages, if it cannot: created when
+    /// `kafka.create-topics` is on, otherwise asked of the broker once (a
+    /// metadata request) so a missing or forbidden topic is known at once
+    /// instead of after librdkafka's `topic.metadata.propagation.max.ms`.
+    /// Only usable topics are cached.
+    pub async fn topic_refusal(&mut self, topic: &str) -> Result<Option<SinkError>> {
         if self.admin.is_some() {
             self.ensure_topic(topic).await?;
-            return Ok(true);
+            return Ok(None);
         }
         if self.known_topics.contains(topic) {
-            return Ok(true);
+            return Ok(None);
         }
         let client = self.producer.client();
         let ask = || client.fetch_metadata(Some(topic), Duration::from_secs(10));
@@ -435,14 +351,41 @@ impl Publisher {
             _ => ask(),
         }
         .map_err(|e| RelayError::kafka(format!("metadata for topic {topic}"), e))?;
-        let exists = md
-            .topics()
-            .iter()
-            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-        if exists {
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(Some(SinkError::missing_topic(topic)));
+        };
+        let refusal = match t.error() {
+            Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::TopicAuthorizationFailed => {
+                Some(SinkError::forbidden_topic(topic))
+            }
+            Some(_) => Some(SinkError::missing_topic(topic)),
+            None if t.partitions().is_empty() => Some(SinkError::missing_topic(topic)),
+            None => None,
+        };
+        if refusal.is_none() {
             self.known_topics.insert(topic.to_string());
         }
-        Ok(exists)
+        Ok(refusal)
+    }
+
+    /// The producer a message goes through: a row sent alone after a refusal
+    /// uses the isolated producer (created here on first use), everything
+    /// else the session's producer.
+    fn producer_for(
+        &self,
+        tag: &MsgTag,
+    ) -> std::result::Result<&ThreadedProducer<ReportingContext>, SinkError> {
+        if !tag.isolated || tag.is_dlq {
+            return Ok(&self.producer);
+        }
+        if let Some(p) = self.isolated.get() {
+            return Ok(p);
+        }
+        let p = self
+            .isolated_config
+            .create_with_context(ReportingContext::new(self.reports.clone()))
+            .map_err(|e| SinkError::from_kafka(&e))?;
+        Ok(self.isolated.get_or_init(|| p))
     }
 
     /// Enqueue one record.
@@ -453,12 +396,16 @@ impl Publisher {
         topic: &str,
         tag: Box<MsgTag>,
     ) -> std::result::Result<(), (SendError, Box<MsgTag>)> {
+        let payload = value(rec, meta);
         let record = BaseRecord::with_opaque_to(topic, tag)
             .key(rec.aggregate_id.as_bytes())
-            .payload(rec.payload.as_ref())
+            .payload(payload.as_ref())
             .headers(headers(rec, meta))
             .timestamp(meta.commit_unix_millis);
-        self.producer.send(record).map_err(classify_send)
+        match self.producer_for(&record.delivery_opaque) {
+            Ok(p) => p.send(record).map_err(classify_send),
+            Err(e) => Err((SendError::Refused(e), record.delivery_opaque)),
+        }
     }
 
     /// Enqueue an already built message: a retry of a refused one, or its
@@ -489,7 +436,10 @@ impl Publisher {
         if let Some(p) = payload {
             record = record.payload(p);
         }
-        self.producer.send(record).map_err(classify_send)
+        match self.producer_for(&record.delivery_opaque) {
+            Ok(p) => p.send(record).map_err(classify_send),
+            Err(e) => Err((SendError::Refused(e), record.delivery_opaque)),
+        }
     }
 
     /// The fatal error that stopped this producer, if any. librdkafka stops an
@@ -513,7 +463,7 @@ impl Publisher {
 
     /// Messages enqueued or in flight inside librdkafka.
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.producer.in_flight_count() + self.isolated.get().map_or(0, |p| p.in_flight_count())
     }
 
     /// Drop everything not yet acknowledged: used when a session ends with
@@ -521,5 +471,8 @@ impl Publisher {
     pub fn purge(&self) {
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
+        if let Some(p) = self.isolated.get() {
+            p.purge(PurgeConfig::default().queue().inflight());
+        }
     }
 }
