@@ -805,12 +805,16 @@ pub async fn execute(cfg: &Config, args: &ReplayArgs, json: bool) -> Result<()> 
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                let _ = tx.send(true);
             }
-            let _ = tx.send(true);
+            // Keep the sender: a dropped one would wake the run's waits at once.
+            Err(_) => std::future::pending::<()>().await,
         }
     });
     let out = run(&client, cfg, args, rx).await?;
