@@ -10,3 +10,8 @@ ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS janitor_snap
 ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS janitor_lsn pg_lsn;
 ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS blocked_row_id bigint;
 ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS blocked_reason text;
+-- After a lost slot, `init` records the range of rows the stream will never deliver
+-- (see `outbox-relay replay --status PENDING`).
+ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS recovery_started_at timestamptz;
+ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS recovery_snapshot pg_snapshot;
+ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS recovery_base pg_snapshot;

@@ -27,8 +27,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
 ///
 /// Besides the session supervisor this runs, until the end of `run`: the
 /// `/metrics` `/healthz` `/readyz` endpoint and its broker probe
-/// ([`crate::http`]), the heartbeat ([`crate::heartbeat`]), the janitor and
-/// the slot monitor ([`crate::slot`]). A lost or missing slot found by the
+/// ([`crate::http`]), the heartbeat ([`crate::heartbeat`]), the janitor,
+/// the table-health queries ([`crate::table_health`]) and the slot monitor
+/// ([`crate::slot`]). A lost or missing slot found by the
 /// monitor stops the supervisor gracefully and ends `run` with that fatal
 /// error. Every task stops on `shutdown` and is awaited (bounded) before
 /// `run` returns.
@@ -50,6 +51,10 @@ pub async fn run_with_health(
     // A slot that is already lost is reported before any session starts.
     crate::slot::check_now(&cfg).await.map_err(fatal)?;
     tasks.push(tokio::spawn(crate::heartbeat::run(
+        cfg.clone(),
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::table_health::run_periodic(
         cfg.clone(),
         stop.clone(),
     )));

@@ -1,4 +1,4 @@
-//! Command line: `init`, `run`, `check-config`, `prune`, `dlq replay`,
+//! Command line: `init`, `run`, `check-config`, `prune`, `replay`, `dlq replay`,
 //! `status`, `verify`.
 
 use std::path::PathBuf;
@@ -83,6 +83,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-publish a range of outbox rows (by id, creation time, status), in id order, marked as a replay.
+    Replay {
+        /// Which rows, and how.
+        #[command(flatten)]
+        args: crate::replay::ReplayArgs,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead-letter operations.
     Dlq {
         /// What to do.
@@ -143,6 +152,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
                     "already existed"
                 }
             );
+            crate::recovery::explain_init(&client, &cfg, &report).await;
             Ok(())
         }
         Command::CheckConfig => {
@@ -177,6 +187,18 @@ pub async fn execute(cli: Cli) -> Result<()> {
                     "pruned FAILED (older than {} days): {}",
                     cfg.cleanup.failed_retention_days, r.pruned_failed
                 );
+                if let Some(a) = cfg.archive_table() {
+                    println!("moved to archive {}.{}: {}", a.schema, a.name, r.archived);
+                    println!(
+                        "pruned from the archive (older than {} days): {}",
+                        cfg.cleanup.archive_retention_days, r.pruned_archive
+                    );
+                }
+                if let Some(n) = r.lost_range_rows {
+                    println!(
+                        "PENDING rows of a lost slot, left for `replay --status PENDING`: {n}"
+                    );
+                }
                 println!(
                     "durable position: {}",
                     r.durable_lsn.as_deref().unwrap_or("none yet")
@@ -197,6 +219,10 @@ pub async fn execute(cli: Cli) -> Result<()> {
             let topic = crate::replay::replay(&client, &cfg, *id).await?;
             println!("replayed outbox row id={id} to {topic}; marked PROCESSED");
             Ok(())
+        }
+        Command::Replay { args, json } => {
+            let cfg = cli.load_config()?;
+            crate::replay::execute(&cfg, args, *json).await
         }
         Command::Status { json } => crate::status::execute(&cli, *json).await,
         Command::Verify(args) => crate::verify::execute(&cli.load_config()?, args).await,

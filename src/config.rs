@@ -86,6 +86,13 @@ pub struct CleanupConfig {
     pub failed_retention_days: u32,
     /// Delete rows once published instead of marking them PROCESSED.
     pub delete_after_publish: bool,
+    /// `schema.table` the janitor moves rows into instead of deleting them,
+    /// in the same statement (a row is always in exactly one of the two);
+    /// `init` creates it. Empty: rows are deleted. See [`crate::archive`].
+    pub archive_table: String,
+    /// Archived rows older than this many days (by `archived_at`) are
+    /// deleted; 0 keeps them.
+    pub archive_retention_days: u32,
 }
 
 impl Default for CleanupConfig {
@@ -96,6 +103,8 @@ impl Default for CleanupConfig {
             retention_days: 7,
             failed_retention_days: 30,
             delete_after_publish: false,
+            archive_table: String::new(),
+            archive_retention_days: 0,
         }
     }
 }
@@ -106,12 +115,17 @@ impl Default for CleanupConfig {
 pub struct MetricsConfig {
     /// `host:port` to listen on; empty disables the endpoint.
     pub listen: String,
+    /// How often the table-health queries run (rows by status, sizes,
+    /// oldest unpublished row; see [`crate::table_health`]); `0s` disables.
+    #[serde(with = "humantime_serde")]
+    pub table_health_interval: Duration,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9187".into(),
+            table_health_interval: Duration::from_secs(30),
         }
     }
 }
@@ -546,7 +560,28 @@ impl Config {
                 "must be >= relay.backoff-initial",
             ));
         }
+        if let Some(archive) = self.archive_table_opt()? {
+            if archive == self.outbox_table() || archive == self.checkpoint_table() {
+                return Err(ConfigError::new(
+                    "cleanup.archive-table",
+                    "must be a table of its own, not outbox.table or outbox.checkpoint-table",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The archive table, `None` when archiving is off (empty key).
+    pub fn archive_table(&self) -> Option<TableName> {
+        self.archive_table_opt().expect("validated")
+    }
+
+    fn archive_table_opt(&self) -> Result<Option<TableName>, ConfigError> {
+        let a = &self.cleanup.archive_table;
+        if a.is_empty() {
+            return Ok(None);
+        }
+        parse_table("cleanup.archive-table", a).map(Some)
     }
 
     /// The PostgreSQL URL; present after [`Config::validate`].

@@ -48,12 +48,16 @@
 //! tests.
 //! Operations: [`http`] (`/metrics`, `/healthz`, `/readyz`) · [`heartbeat`] ·
 //! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`) ·
-//! [`verify`] (`outbox-relay verify`: the broker compared with the outbox
-//! table — missing, duplicated, reordered, foreign messages).
+//! [`table_health`] (row counts, sizes, oldest unpublished row as metrics).
+//! Housekeeping and repair: [`janitor`] · [`archive`] (move before prune) ·
+//! [`replay`] (`outbox-relay replay`, `dlq replay`) · [`recovery`] (after a
+//! lost slot) · [`verify`] (`outbox-relay verify`: the broker compared with the
+//! outbox table — missing, duplicated, reordered, foreign messages).
 //! Message shapes: [`sink::message`] (raw) and [`sink::cloudevents`]
 //! (`kafka.format`).
 
 pub mod app;
+pub mod archive;
 pub mod backoff;
 pub mod checkpoint;
 pub mod cli;
@@ -68,6 +72,7 @@ pub mod http;
 pub mod janitor;
 pub mod metrics;
 pub mod ports;
+pub mod recovery;
 pub mod relay;
 pub mod replay;
 pub mod schema;
@@ -75,5 +80,6 @@ pub mod sink;
 pub mod slot;
 pub mod source;
 pub mod status;
+pub mod table_health;
 pub mod tracker;
 pub mod verify;

@@ -38,6 +38,21 @@ pub const STREAM_UP: &str = "outbox_relay_stream_up";
 /// Rows blocked by a permanent error (with `on-permanent-error = "block"`).
 pub const BLOCKED_ROW: &str = "outbox_relay_blocked_row_id";
 
+/// Outbox rows by status (table health; exact up to a cap, then estimated).
+pub const ROWS: &str = "outbox_relay_rows";
+/// `pg_table_size` of the outbox (`table="outbox"`) and the archive.
+pub const TABLE_BYTES: &str = "outbox_relay_table_bytes";
+/// `pg_indexes_size` of the outbox and the archive.
+pub const INDEX_BYTES: &str = "outbox_relay_index_bytes";
+/// Age of the oldest row not yet covered by the durable checkpoint.
+pub const OLDEST_UNPUBLISHED_AGE: &str = "outbox_relay_oldest_unpublished_age_seconds";
+/// FAILED rows created in the last hour.
+pub const FAILED_LAST_HOUR: &str = "outbox_relay_failed_rows_last_hour";
+/// How long ago the oldest row past its retention should have been pruned.
+pub const PRUNE_OVERDUE: &str = "outbox_relay_prune_overdue_seconds";
+/// Wall time of the last round of table-health queries.
+pub const TABLE_HEALTH_SECONDS: &str = "outbox_relay_table_health_query_seconds";
+
 /// Every exported name, for documentation checks.
 pub const ALL: &[&str] = &[
     LAG_BYTES,
@@ -55,6 +70,13 @@ pub const ALL: &[&str] = &[
     HEARTBEAT_AGE,
     STREAM_UP,
     BLOCKED_ROW,
+    ROWS,
+    TABLE_BYTES,
+    INDEX_BYTES,
+    OLDEST_UNPUBLISHED_AGE,
+    FAILED_LAST_HOUR,
+    PRUNE_OVERDUE,
+    TABLE_HEALTH_SECONDS,
 ];
 
 /// Register descriptions with the installed recorder.
@@ -109,8 +131,46 @@ pub fn describe() {
         "Seconds since the relay last saw a heartbeat or an outbox transaction"
     );
     describe_gauge!(STREAM_UP, "1 while the replication stream is running");
+    describe_table_health();
     describe_gauge!(
         BLOCKED_ROW,
         "Id of the outbox row blocking the stream (on-permanent-error = block), 0 when none"
+    );
+}
+
+/// Descriptions of the table-health gauges ([`crate::table_health`]).
+fn describe_table_health() {
+    describe_gauge!(
+        ROWS,
+        "Outbox rows by status; exact up to 10000 per status, estimated from planner statistics above"
+    );
+    describe_gauge!(
+        TABLE_BYTES,
+        Unit::Bytes,
+        "pg_table_size of the outbox (table=outbox) and the archive (table=archive)"
+    );
+    describe_gauge!(
+        INDEX_BYTES,
+        Unit::Bytes,
+        "pg_indexes_size of the outbox (table=outbox) and the archive (table=archive)"
+    );
+    describe_gauge!(
+        OLDEST_UNPUBLISHED_AGE,
+        Unit::Seconds,
+        "Age of the oldest outbox row not yet covered by the durable checkpoint (or lost with a slot); 0 when none"
+    );
+    describe_gauge!(
+        FAILED_LAST_HOUR,
+        "FAILED outbox rows created in the last hour"
+    );
+    describe_gauge!(
+        PRUNE_OVERDUE,
+        Unit::Seconds,
+        "How long ago the oldest processed, failed or archived row should have been pruned; 0 while retention keeps up"
+    );
+    describe_gauge!(
+        TABLE_HEALTH_SECONDS,
+        Unit::Seconds,
+        "Wall time of the last round of table-health queries"
     );
 }

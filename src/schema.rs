@@ -147,9 +147,14 @@ pub fn init_statements(cfg: &Config) -> Vec<Step> {
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS janitor_snapshot pg_snapshot;\n\
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS janitor_lsn pg_lsn;\n\
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS blocked_row_id bigint;\n\
-         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS blocked_reason text;\n"
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS blocked_reason text;\n\
+         -- After a lost slot, `init` records the range of rows the stream will never deliver\n\
+         -- (see `outbox-relay replay --status PENDING`).\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_started_at timestamptz;\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_snapshot pg_snapshot;\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_base pg_snapshot;\n"
     );
-    vec![
+    let mut steps = vec![
         Step {
             file: "001_outbox_table.sql",
             sql: table,
@@ -166,7 +171,9 @@ pub fn init_statements(cfg: &Config) -> Vec<Step> {
             file: "004_checkpoint_table.sql",
             sql: checkpoint,
         },
-    ]
+    ];
+    steps.extend(crate::archive::ddl_step(cfg));
+    steps
 }
 
 /// The slot step, shown by `--print-sql` (init runs it only if the slot is
@@ -194,6 +201,21 @@ pub fn role_statement(cfg: &Config) -> Step {
     if cname.schema != tname.schema {
         schemas.push(cname.schema.clone());
     }
+    let archive = cfg.archive_table();
+    if let Some(a) = &archive {
+        if !schemas.contains(&a.schema) {
+            schemas.push(a.schema.clone());
+        }
+    }
+    // The janitor moves rows into the archive and prunes it.
+    let archive = archive
+        .map(|a| {
+            format!(
+                "GRANT SELECT, INSERT, DELETE ON {}.{} TO outbox_relay;\n",
+                a.schema, a.name
+            )
+        })
+        .unwrap_or_default();
     let usage: String = schemas
         .iter()
         .map(|s| format!("GRANT USAGE ON SCHEMA {s} TO outbox_relay;\n"))
@@ -208,7 +230,7 @@ pub fn role_statement(cfg: &Config) -> Step {
              WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_relay')\\gexec\n\
              {usage}\
              GRANT SELECT, UPDATE, DELETE ON {t} TO outbox_relay;\n\
-             GRANT SELECT, INSERT, UPDATE ON {ckpt} TO outbox_relay;\n"
+             GRANT SELECT, INSERT, UPDATE ON {ckpt} TO outbox_relay;\n{archive}"
         ),
     }
 }

@@ -22,6 +22,9 @@
 //!   keeping up. (Rows whose transaction began before the write but committed
 //!   after it are missed; the bound is off by at most that transaction's
 //!   duration.)
+//! * **lost slot** — after `init` replaced a lost slot: how many PENDING rows
+//!   the new slot will never deliver, until `replay --status PENDING`
+//!   publishes them ([`crate::recovery`]).
 //! * **rows** — outbox rows by the status column (`PENDING`, `PROCESSED`,
 //!   `FAILED`), and the age of the oldest `PENDING` row. Rows stay `PENDING`
 //!   until the janitor marks them, so this age includes the janitor's delay.
@@ -54,6 +57,9 @@ pub struct Status {
     pub rows: Rows,
     /// The oldest `PENDING` row, `None` if there is none.
     pub oldest_pending: Option<Age>,
+    /// After a lost slot: PENDING rows the new slot will never deliver,
+    /// awaiting `replay --status PENDING` (`None`: no recovery open).
+    pub lost_slot_rows: Option<i64>,
 }
 
 /// The checkpoint table's row for the slot.
@@ -218,6 +224,16 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         .await
         .map_err(|e| RelayError::postgres("computing lag seconds", e))?
         .get(0);
+    let recovery = crate::recovery::load(client, cfg).await?;
+    let lost_slot_rows = if recovery.started {
+        Some(
+            crate::recovery::lost_range(client, cfg, &recovery)
+                .await?
+                .rows,
+        )
+    } else {
+        None
+    };
 
     Ok(Status {
         slot_name,
@@ -230,6 +246,7 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         },
         rows,
         oldest_pending,
+        lost_slot_rows,
     })
 }
 
@@ -321,6 +338,12 @@ pub fn render_table(s: &Status) -> String {
             None => "none".to_string(),
         },
     );
+    if let Some(n) = s.lost_slot_rows {
+        row(
+            "LOST SLOT",
+            format!("{n} PENDING row(s) committed before the new slot: run `outbox-relay replay --status PENDING`"),
+        );
+    }
     let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     out.iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))
@@ -391,6 +414,7 @@ mod tests {
                 failed: 1,
             },
             oldest_pending: None,
+            lost_slot_rows: None,
         }
     }
 

@@ -247,6 +247,12 @@ const CASES: &[(&str, &str, &str)] = &[
         "not a numeric address",
     ),
     ("metrics.listen", "\"127.0.0.1\"", "no port"),
+    (
+        "metrics.table-health-interval",
+        "\"every minute\"",
+        "bad duration",
+    ),
+    ("metrics.table-health-interval", "30", "wrong type"),
     // cleanup
     ("cleanup.enabled", "\"yes\"", "wrong type"),
     ("cleanup.cleanup-interval", "\"0s\"", "zero"),
@@ -257,6 +263,23 @@ const CASES: &[(&str, &str, &str)] = &[
         "below cleanup.retention-days (7)",
     ),
     ("cleanup.delete-after-publish", "1", "wrong type"),
+    (
+        "cleanup.archive-table",
+        "\"public.outbox.archive\"",
+        "three parts",
+    ),
+    (
+        "cleanup.archive-table",
+        "\"public.outbox\"",
+        "the outbox itself",
+    ),
+    (
+        "cleanup.archive-table",
+        "\"outbox_relay_checkpoint\"",
+        "the checkpoint table",
+    ),
+    ("cleanup.archive-retention-days", "-1", "negative"),
+    ("cleanup.archive-retention-days", "\"30d\"", "wrong type"),
 ];
 
 /// Keys for which every value of the right type is legal, and why. Each
@@ -285,6 +308,14 @@ const ANY_WELL_TYPED_VALUE: &[(&str, &str)] = &[
     (
         "cleanup.retention-days",
         "0 is legal: prune PROCESSED rows at the next pass",
+    ),
+    (
+        "cleanup.archive-retention-days",
+        "0 keeps archived rows forever; any other count of days is a retention",
+    ),
+    (
+        "metrics.table-health-interval",
+        "0s turns the table-health queries off; any other duration is a period",
     ),
 ];
 

@@ -5,6 +5,7 @@
 //! broker, the tables, the slot.
 
 mod apache_kafka;
+mod archive;
 mod cli;
 mod cloudevents;
 mod config_keys;
@@ -19,7 +20,9 @@ mod observability;
 mod odd_data;
 mod refusals;
 mod relay_toml;
+mod replay;
 mod security;
 mod sql_files;
 mod support;
+mod table_health;
 mod verify;

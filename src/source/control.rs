@@ -74,6 +74,9 @@ where
 pub struct InitReport {
     /// Whether the slot was created now (false: it already existed).
     pub slot_created: bool,
+    /// The slot replaced one that is gone (or came after PENDING rows):
+    /// what the stream will never deliver (see [`crate::recovery`]).
+    pub lost_range: Option<crate::recovery::LostRange>,
 }
 
 /// Idempotently create table, publication, emit function, checkpoint table
@@ -87,6 +90,7 @@ pub async fn init(client: &Client, cfg: &Config) -> Result<InitReport> {
     }
     let exists = slot_exists(client, &cfg.postgres.slot).await?;
     if !exists {
+        crate::recovery::before_new_slot(client, cfg).await?;
         client
             .execute(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -100,8 +104,10 @@ pub async fn init(client: &Client, cfg: &Config) -> Result<InitReport> {
                 )
             })?;
     }
+    let lost_range = crate::recovery::after_slot(client, cfg).await?;
     Ok(InitReport {
         slot_created: !exists,
+        lost_range,
     })
 }
 
