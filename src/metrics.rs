@@ -35,6 +35,9 @@ pub const SLOT_WAL_STATUS: &str = "outbox_relay_slot_wal_status";
 pub const HEARTBEAT_AGE: &str = "outbox_relay_heartbeat_age_seconds";
 /// 1 while a replication session is streaming.
 pub const STREAM_UP: &str = "outbox_relay_stream_up";
+/// 1 while this relay leads (holds the slot's lock, or runs without
+/// election), 0 while it stands by.
+pub const LEADER: &str = "outbox_relay_leader";
 /// Rows blocked by a permanent error (with `on-permanent-error = "block"`).
 pub const BLOCKED_ROW: &str = "outbox_relay_blocked_row_id";
 
@@ -55,6 +58,7 @@ pub const ALL: &[&str] = &[
     HEARTBEAT_AGE,
     STREAM_UP,
     BLOCKED_ROW,
+    LEADER,
 ];
 
 /// Register descriptions with the installed recorder.
@@ -109,6 +113,10 @@ pub fn describe() {
         "Seconds since the relay last saw a heartbeat or an outbox transaction"
     );
     describe_gauge!(STREAM_UP, "1 while the replication stream is running");
+    describe_gauge!(
+        LEADER,
+        "1 while this relay is the leader for its slot (or runs without election), 0 while it stands by"
+    );
     describe_gauge!(
         BLOCKED_ROW,
         "Id of the outbox row blocking the stream (on-permanent-error = block), 0 when none"
