@@ -237,6 +237,13 @@ const CASES: &[(&str, &str, &str)] = &[
         "below cleanup.retention-days (7)",
     ),
     ("cleanup.delete-after-publish", "1", "wrong type"),
+    // kafka (instance header)
+    ("kafka.instance-header", "1", "wrong type"),
+    // ha
+    ("ha.enabled", "\"yes\"", "wrong type"),
+    ("ha.lease", "\"50ms\"", "below 100ms"),
+    ("ha.poll-interval", "\"0s\"", "zero"),
+    ("ha.poll-interval", "\"900ms\"", "above ha.lease / 2 (1s)"),
 ];
 
 /// Keys for which every value of the right type is legal, and why. Each
@@ -265,6 +272,14 @@ const ANY_WELL_TYPED_VALUE: &[(&str, &str)] = &[
     (
         "cleanup.retention-days",
         "0 is legal: prune PROCESSED rows at the next pass",
+    ),
+    (
+        "kafka.instance-header",
+        "a switch: on adds the relay_instance header",
+    ),
+    (
+        "ha.enabled",
+        "a switch: off runs without election (one relay per slot, by the operator's care)",
     ),
 ];
 
