@@ -22,6 +22,13 @@ use crate::support::proxy::TcpProxy;
 
 const TOPIC: &str = "outbox.order";
 const INSTANCE: (&str, &str) = ("OUTBOX_RELAY_KAFKA_INSTANCE_HEADER", "true");
+/// Several relays on one host: each its own metrics port.
+const OWN_PORT: (&str, &str) = ("OUTBOX_RELAY_METRICS_LISTEN", "127.0.0.1:0");
+
+/// A relay with the instance header and a metrics port of its own.
+fn spawn(env: &Env) -> RelayProc {
+    env.spawn_relay_with(&[INSTANCE, OWN_PORT])
+}
 
 fn heavy() -> bool {
     std::env::var("OUTBOX_HEAVY").is_ok_and(|v| !v.is_empty() && v != "0")
@@ -167,7 +174,7 @@ fn assert_no_interleaving(msgs: &[Received]) {
 async fn kill9_of_the_leader_hands_over_without_loss() {
     let env = Env::start(&[TOPIC]).await;
     let kills = if heavy() { 10 } else { 5 };
-    let mut relays: Vec<RelayProc> = (0..3).map(|_| env.spawn_relay_with(&[INSTANCE])).collect();
+    let mut relays: Vec<RelayProc> = (0..3).map(|_| spawn(&env)).collect();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let reader = tail(&env, seen.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -202,7 +209,7 @@ async fn kill9_of_the_leader_hands_over_without_loss() {
         let before: HashSet<String> = seen.lock().unwrap().first.keys().cloned().collect();
         let killed_at = Instant::now();
         relays[idx].kill9();
-        relays[idx] = env.spawn_relay_with(&[INSTANCE]);
+        relays[idx] = spawn(&env);
         // The next instance to publish is the new leader.
         let end = killed_at + Duration::from_secs(30);
         let took = loop {
@@ -276,13 +283,17 @@ async fn network_cut_leader_steps_down_and_leaders_never_interleave() {
         &format!(":{}/", proxy.port()),
     );
     assert_ne!(proxied_url, env.url(), "url has host:port/");
-    let mut a = env.spawn_relay_with(&[INSTANCE, ("OUTBOX_RELAY_POSTGRES_URL", &proxied_url)]);
+    let mut a = env.spawn_relay_with(&[
+        INSTANCE,
+        OWN_PORT,
+        ("OUTBOX_RELAY_POSTGRES_URL", &proxied_url),
+    ]);
     let a_pid = a.pid().unwrap();
     assert_eq!(
         wait_leader(&env, None, Duration::from_secs(30)).await,
         a_pid
     );
-    let b = env.spawn_relay_with(&[INSTANCE]);
+    let b = spawn(&env);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let reader = tail(&env, seen.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -353,13 +364,13 @@ async fn network_cut_leader_steps_down_and_leaders_never_interleave() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_of_the_leader_hands_over_without_duplicates() {
     let env = Env::start(&[TOPIC]).await;
-    let mut a = env.spawn_relay_with(&[INSTANCE]);
+    let mut a = spawn(&env);
     let a_pid = a.pid().unwrap();
     assert_eq!(
         wait_leader(&env, None, Duration::from_secs(30)).await,
         a_pid
     );
-    let b = env.spawn_relay_with(&[INSTANCE]);
+    let b = spawn(&env);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let reader = tail(&env, seen.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -399,16 +410,13 @@ async fn sigterm_of_the_leader_hands_over_without_duplicates() {
 #[tokio::test(flavor = "multi_thread")]
 async fn standbys_never_open_the_stream_or_write_the_checkpoint() {
     let env = Env::start(&[TOPIC]).await;
-    let a = env.spawn_relay_with(&[INSTANCE]);
+    let a = spawn(&env);
     let a_pid = a.pid().unwrap();
     assert_eq!(
         wait_leader(&env, None, Duration::from_secs(30)).await,
         a_pid
     );
-    let standbys = [
-        env.spawn_relay_with(&[INSTANCE]),
-        env.spawn_relay_with(&[INSTANCE]),
-    ];
+    let standbys = [spawn(&env), spawn(&env)];
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(paced_writer(env.url(), 0, 200, stop.clone()));
     let c = env.client().await;
