@@ -422,9 +422,11 @@ async fn standbys_never_open_the_stream_or_write_the_checkpoint() {
     let c = env.client().await;
     // Wait until both report standing by.
     let end = Instant::now() + Duration::from_secs(20);
-    while !standbys
-        .iter()
-        .all(|s| s.log_text().contains("standing by"))
+    // The lock is won before the grace period: wait for the stream too.
+    while !a.log_text().contains("replication session started")
+        || !standbys
+            .iter()
+            .all(|s| s.log_text().contains("standing by"))
     {
         assert!(Instant::now() < end, "standbys did not report standing by");
         tokio::time::sleep(Duration::from_millis(50)).await;
