@@ -46,6 +46,7 @@ fn record(passthrough: usize, payload_len: usize, topic: Option<&str>) -> Outbox
             .map(|(k, v)| (k.to_string(), Bytes::from_static(v.as_bytes())))
             .collect(),
         topic: topic.map(str::to_string),
+        event_id: None,
     }
 }
 

@@ -64,6 +64,14 @@ if ! python3 -c 'import yaml' >/dev/null 2>&1; then
         || { log "could not install PyYAML"; exit 1; }
 fi
 
+# The official CloudEvents SDK parses the relay's CloudEvents messages in tests/cloudevents.rs.
+if ! python3 -c 'import cloudevents.core.bindings.kafka' >/dev/null 2>&1; then
+    log "installing the CloudEvents SDK for $(command -v python3)"
+    python3 -m pip install --quiet 'cloudevents>=2' \
+        || python3 -m pip install --quiet --break-system-packages 'cloudevents>=2' \
+        || { log "could not install the cloudevents package"; exit 1; }
+fi
+
 # --- Rust toolchain components used by .ci/run ---------------------------------------------
 command -v cargo >/dev/null 2>&1 || { log "cargo not found (expected in $CARGO_BIN)"; exit 1; }
 for c in rustfmt clippy; do

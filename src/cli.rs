@@ -1,4 +1,5 @@
-//! Command line: `init`, `run`, `check-config`.
+//! Command line: `init`, `run`, `check-config`, `prune`, `dlq replay`,
+//! `status`, `verify`.
 
 use std::path::PathBuf;
 
@@ -94,6 +95,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the outbox table with what is on the broker: missing, duplicated,
+    /// reordered and foreign messages. Exit 1 when a row is missing or out of order.
+    Verify(crate::verify::VerifyArgs),
 }
 
 impl Cli {
@@ -195,6 +199,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status { json } => crate::status::execute(&cli, *json).await,
+        Command::Verify(args) => crate::verify::execute(&cli.load_config()?, args).await,
         Command::Run => {
             let cfg = cli.load_config()?;
             let (tx, rx) = watch::channel(false);

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::decode::{ColumnNames, TableName};
 use crate::error::ConfigError;
+use crate::sink::cloudevents::{CloudEventsConfig, MessageFormat};
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "OUTBOX_RELAY_";
@@ -293,6 +294,12 @@ pub struct KafkaConfig {
     pub instance_header: bool,
     /// Any librdkafka producer property, passed through.
     pub properties: BTreeMap<String, String>,
+    /// `raw`, `cloudevents-binary` or `cloudevents-structured`
+    /// ([`crate::sink::cloudevents`]).
+    pub format: MessageFormat,
+    /// How CloudEvents attributes are derived (used by the CloudEvents
+    /// formats only).
+    pub cloudevents: CloudEventsConfig,
 }
 
 impl Default for KafkaConfig {
@@ -308,6 +315,8 @@ impl Default for KafkaConfig {
             dlq_topic: "outbox.dlq".into(),
             instance_header: false,
             properties: BTreeMap::new(),
+            format: MessageFormat::Raw,
+            cloudevents: CloudEventsConfig::default(),
         }
     }
 }
@@ -549,6 +558,7 @@ impl Config {
             ));
         }
         crate::sink::kafka_config::check_properties(&self.kafka.properties)?;
+        self.kafka.cloudevents.validate()?;
         for (key, d) in [
             ("relay.checkpoint-interval", self.relay.checkpoint_interval),
             ("relay.backoff-initial", self.relay.backoff_initial),
@@ -620,6 +630,10 @@ impl Config {
             payload: c.payload.clone(),
             headers: opt(&c.headers),
             topic: opt(&c.topic),
+            // Read only when it becomes the CloudEvents id.
+            event_id: (self.kafka.format != MessageFormat::Raw)
+                .then(|| opt(&self.kafka.cloudevents.id_column))
+                .flatten(),
         }
     }
 

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::decode::{OutboxRecord, RowError};
 use crate::error::{RelayError, Result};
-use crate::sink::message::{header_pairs, TxnMeta};
+use crate::sink::message::{header_pairs, value, TxnMeta};
 
 /// A message ready for the DLQ topic.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ pub fn from_record(rec: &OutboxRecord, meta: &TxnMeta, r: &Reason) -> DeadLetter
     DeadLetter {
         row_id: Some(rec.id),
         key: Some(rec.aggregate_id.as_bytes().to_vec()),
-        value: (!r.drop_value).then(|| rec.payload.to_vec()),
+        value: (!r.drop_value).then(|| value(rec, meta).into_owned()),
         headers: error_headers(base, r),
         timestamp_ms: meta.commit_unix_millis,
     }

@@ -49,7 +49,11 @@
 //! retry, DLQ or block, as effects), with fakes and fault queues in its
 //! tests.
 //! Operations: [`http`] (`/metrics`, `/healthz`, `/readyz`) · [`heartbeat`] ·
-//! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`).
+//! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`) ·
+//! [`verify`] (`outbox-relay verify`: the broker compared with the outbox
+//! table — missing, duplicated, reordered, foreign messages).
+//! Message shapes: [`sink::message`] (raw) and [`sink::cloudevents`]
+//! (`kafka.format`).
 
 pub mod app;
 pub mod backoff;
@@ -75,3 +79,4 @@ pub mod slot;
 pub mod source;
 pub mod status;
 pub mod tracker;
+pub mod verify;

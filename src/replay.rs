@@ -38,6 +38,9 @@ pub async fn load_failed_row(client: &Client, cfg: &Config, id: i64) -> Result<O
     if !c.topic.is_empty() {
         names.push(c.topic.clone());
     }
+    if let Some(event_id) = cfg.column_names().event_id {
+        names.push(event_id);
+    }
     let select: Vec<String> = names.iter().map(|n| format!("{n}::text")).collect();
     let sql = format!(
         "SELECT {}, {st} FROM {t} WHERE {idc} = $1",
@@ -113,7 +116,12 @@ pub async fn replay(client: &Client, cfg: &Config, id: i64) -> Result<String> {
     }
     let (mut publisher, mut reports) = Publisher::new(cfg)?;
     publisher.ensure_topic(&topic).await?;
-    let mut meta = TxnMeta::new(0, 0);
+    let cloudevents = crate::sink::cloudevents::CloudEvents::new(
+        cfg.kafka.format,
+        &cfg.kafka.cloudevents,
+        &cfg.outbox_table().name,
+    )?;
+    let mut meta = TxnMeta::new(0, 0).with_cloudevents(cloudevents);
     meta.lsn_text = "replay".into();
     meta.commit_unix_millis = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

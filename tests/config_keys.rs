@@ -158,6 +158,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("kafka.max-in-flight-bytes", "-1", "negative"),
     ("kafka.create-topics", "\"yes\"", "wrong type"),
     ("kafka.topic-partitions", "0", "zero"),
+    ("kafka.topic-replication-factor", "-1", "negative"),
+    ("kafka.topic-replication-factor", "33", "over 32"),
     ("kafka.topic-partitions", "3000000000", "out of range"),
     (
         "kafka.topic-replication-factor",
@@ -171,6 +173,24 @@ const CASES: &[(&str, &str, &str)] = &[
     ),
     ("kafka.dlq-topic", "\"dead letters\"", "illegal characters"),
     ("kafka.dlq-topic", "\"..\"", "reserved name"),
+    ("kafka.format", "\"cloudevents\"", "bad enum"),
+    ("kafka.format", "1", "wrong type"),
+    (
+        "kafka.cloudevents.source",
+        "\"/outbox/{aggregate}\"",
+        "unknown placeholder",
+    ),
+    (
+        "kafka.cloudevents.source",
+        "\"/outbox events\"",
+        "not a URI reference",
+    ),
+    ("kafka.cloudevents.source", "\"\"", "empty"),
+    (
+        "kafka.cloudevents.id-column",
+        "\"event id\"",
+        "not an identifier",
+    ),
     ("kafka.properties", "\"linger.ms=5\"", "wrong type"),
     (
         "kafka.properties",

@@ -6,6 +6,7 @@
 
 mod apache_kafka;
 mod cli;
+mod cloudevents;
 mod config_keys;
 mod core;
 mod dlq;
@@ -22,3 +23,4 @@ mod relay_toml;
 mod security;
 mod sql_files;
 mod support;
+mod verify;

@@ -70,6 +70,9 @@ pub struct ColumnNames {
     pub headers: Option<String>,
     /// Optional per-row topic override; `None` disables it.
     pub topic: Option<String>,
+    /// Column holding the event id (CloudEvents `id`); `None`: not read.
+    /// When set, the column is required and must not be NULL.
+    pub event_id: Option<String>,
 }
 
 impl Default for ColumnNames {
@@ -84,6 +87,7 @@ impl Default for ColumnNames {
             payload: "event_data".to_owned(),
             headers: Some("headers".to_owned()),
             topic: Some("topic".to_owned()),
+            event_id: None,
         }
     }
 }
@@ -157,6 +161,10 @@ impl OutboxMapping {
             payload: required(&self.columns.payload)?,
             headers: self.columns.headers.as_deref().and_then(find),
             topic: self.columns.topic.as_deref().and_then(find),
+            event_id: match &self.columns.event_id {
+                Some(name) => Some(required(name)?),
+                None => None,
+            },
         };
         Ok(Some(ResolvedRelation {
             relation: Arc::clone(rel),
@@ -174,6 +182,7 @@ struct Indices {
     payload: usize,
     headers: Option<usize>,
     topic: Option<usize>,
+    event_id: Option<usize>,
 }
 
 /// The outbox relation with column positions resolved. Cheap to clone.
@@ -202,6 +211,8 @@ pub struct OutboxRecord {
     pub headers: Vec<(String, Bytes)>,
     /// Per-row topic; `None` when the column is absent, NULL or empty.
     pub topic: Option<String>,
+    /// Event id from [`ColumnNames::event_id`]; `None` when not configured.
+    pub event_id: Option<String>,
 }
 
 /// One outbox row cannot be turned into a record.
@@ -326,6 +337,10 @@ impl ResolvedRelation {
             },
         }
         .filter(|t| !t.is_empty());
+        let event_id = match ix.event_id {
+            None => None,
+            Some(i) => Some(string(i).map_err(row_error)?),
+        };
         Ok(OutboxRecord {
             id,
             aggregate_type,
@@ -334,6 +349,7 @@ impl ResolvedRelation {
             payload,
             headers,
             topic,
+            event_id,
         })
     }
 
@@ -602,6 +618,54 @@ mod tests {
         let r = resolved.record(&tuple).expect("record");
         assert!(r.headers.is_empty());
         assert_eq!(r.topic, None);
+    }
+
+    #[test]
+    fn event_id_column_is_required_and_not_null_when_configured() {
+        let mapping = |col: &str| {
+            OutboxMapping::new(
+                TableName::default(),
+                ColumnNames {
+                    event_id: Some(col.to_owned()),
+                    ..ColumnNames::default()
+                },
+            )
+        };
+        let rel = Arc::new(fixtures::outbox_relation(OUTBOX));
+        assert_eq!(
+            mapping("event_uuid").resolve(&rel),
+            Err(MappingError::MissingColumn {
+                column: "event_uuid".into()
+            })
+        );
+        let resolved = mapping("topic")
+            .resolve(&rel)
+            .expect("maps")
+            .expect("is outbox");
+        let with = tuple_of(fixtures::outbox_insert_message(
+            OUTBOX,
+            3,
+            None,
+            Some("e-3"),
+        ));
+        assert_eq!(
+            resolved.record(&with).expect("record").event_id.as_deref(),
+            Some("e-3")
+        );
+        let null = tuple_of(fixtures::outbox_insert_message(OUTBOX, 4, None, None));
+        assert_eq!(
+            resolved.record(&null).unwrap_err(),
+            RowError {
+                row_id: Some(4),
+                kind: RowErrorKind::NullColumn("topic".into())
+            }
+        );
+        // Not configured: not read.
+        let plain = OutboxMapping::default()
+            .resolve(&rel)
+            .expect("maps")
+            .expect("is outbox");
+        assert_eq!(plain.record(&with).expect("record").event_id, None);
     }
 
     #[test]

@@ -68,7 +68,8 @@ impl Session<'_> {
                 commit_time_micros,
             } => {
                 let skip = self.progress.skips(commit_lsn);
-                let meta = TxnMeta::new(commit_lsn, commit_time_micros);
+                let meta = TxnMeta::new(commit_lsn, commit_time_micros)
+                    .with_cloudevents(self.cloudevents.clone());
                 let seq = if skip {
                     0
                 } else {

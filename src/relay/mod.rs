@@ -34,6 +34,7 @@ mod send;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -85,6 +86,8 @@ pub struct Session<'a> {
     cfg: &'a Config,
     health: SharedHealth,
     router: Router,
+    /// CloudEvents encoder (`kafka.format`), handed to every transaction.
+    cloudevents: Option<Arc<crate::sink::cloudevents::CloudEvents>>,
     progress: Progress,
     policy: FailurePolicy,
     limits: Limits,
@@ -169,6 +172,11 @@ impl<'a> Session<'a> {
             cfg,
             health,
             router: Router::new(cfg)?,
+            cloudevents: crate::sink::cloudevents::CloudEvents::new(
+                cfg.kafka.format,
+                &cfg.kafka.cloudevents,
+                &cfg.outbox_table().name,
+            )?,
             progress: Progress::new(resume_from),
             policy: FailurePolicy::new(cfg),
             limits: Limits {

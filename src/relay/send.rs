@@ -207,7 +207,7 @@ pub(super) fn failed_from_record(
         error,
         topic: topic.to_string(),
         key: Some(rec.aggregate_id.as_bytes().to_vec()),
-        payload: Some(rec.payload.to_vec()),
+        payload: Some(crate::sink::message::value(rec, meta).into_owned()),
         headers: crate::sink::message::header_pairs(rec, meta),
     })
 }

@@ -2,12 +2,21 @@
 //!
 //! Headers the relay always sets, in this order: `id`, `event_type`,
 //! `aggregate_type`, `aggregate_id`, `lsn` (commit LSN, `X/Y`),
-//! `commit_timestamp` (RFC 3339, UTC). Then every entry of the row's
-//! `headers` object, so `traceparent` and friends pass through unchanged.
+//! `commit_timestamp` (RFC 3339, UTC). Then, with a CloudEvents
+//! `kafka.format`, the attributes of [`crate::sink::cloudevents`]. Then
+//! every entry of the row's `headers` object, so `traceparent` and friends
+//! pass through unchanged.
+//!
+//! The value is `event_data` unchanged, or the JSON event in CloudEvents
+//! structured mode: always take it from [`value`].
+
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::decode::OutboxRecord;
+use crate::sink::cloudevents::CloudEvents;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -24,6 +33,8 @@ pub struct TxnMeta {
     pub commit_unix_millis: i64,
     /// Commit time, RFC 3339.
     pub commit_text: String,
+    /// CloudEvents encoder (`kafka.format`); `None`: raw messages.
+    pub cloudevents: Option<Arc<CloudEvents>>,
 }
 
 impl TxnMeta {
@@ -42,7 +53,23 @@ impl TxnMeta {
             lsn_text: format_lsn(commit_lsn),
             commit_unix_millis: unix_micros / 1000,
             commit_text,
+            cloudevents: None,
         }
+    }
+
+    /// The same, with messages shaped as CloudEvents when `ce` is set.
+    pub fn with_cloudevents(mut self, ce: Option<Arc<CloudEvents>>) -> Self {
+        self.cloudevents = ce;
+        self
+    }
+}
+
+/// The message value for one record: `event_data` as PostgreSQL rendered
+/// it, or the CloudEvents JSON event in structured mode.
+pub fn value<'r>(rec: &'r OutboxRecord, meta: &TxnMeta) -> Cow<'r, [u8]> {
+    match &meta.cloudevents {
+        Some(ce) => ce.value(rec, meta),
+        None => Cow::Borrowed(&rec.payload),
     }
 }
 
@@ -93,7 +120,19 @@ pub fn headers(rec: &OutboxRecord, meta: &TxnMeta) -> OwnedHeaders {
             key: "commit_timestamp",
             value: Some(meta.commit_text.as_bytes()),
         });
+    let ce = meta.cloudevents.as_deref();
+    if let Some(ce) = ce {
+        for (key, value) in ce.headers(rec, meta) {
+            h = h.insert(Header {
+                key,
+                value: Some(value.as_ref()),
+            });
+        }
+    }
     for (k, v) in &rec.headers {
+        if ce.is_some_and(|ce| ce.shadows(k)) {
+            continue;
+        }
         h = h.insert(Header {
             key: k.as_str(),
             value: Some(v.as_ref()),
@@ -145,10 +184,78 @@ mod tests {
                 bytes::Bytes::from_static(b"00-abc-01"),
             )],
             topic: None,
+            event_id: None,
         };
         let got = header_pairs(&rec, &TxnMeta::new(0x10, 0));
         assert_eq!(got[0], ("id".into(), b"42".to_vec()));
         assert_eq!(got[4], ("lsn".into(), b"0/10".to_vec()));
         assert_eq!(got[6], ("traceparent".into(), b"00-abc-01".to_vec()));
+    }
+
+    #[test]
+    fn cloudevents_keep_the_relay_headers_and_drop_shadowing_row_headers() {
+        use crate::sink::cloudevents::{CloudEventsConfig, MessageFormat};
+        let rec = OutboxRecord {
+            id: 7,
+            aggregate_type: "order".into(),
+            aggregate_id: "o-7".into(),
+            event_type: "created".into(),
+            payload: bytes::Bytes::from_static(b"{\"a\":1}"),
+            headers: vec![
+                (
+                    "traceparent".into(),
+                    bytes::Bytes::from_static(b"00-abc-01"),
+                ),
+                ("ce_id".into(), bytes::Bytes::from_static(b"forged")),
+                (
+                    "content-type".into(),
+                    bytes::Bytes::from_static(b"text/xml"),
+                ),
+            ],
+            topic: None,
+            event_id: None,
+        };
+        for format in [
+            MessageFormat::CloudeventsBinary,
+            MessageFormat::CloudeventsStructured,
+        ] {
+            let ce = CloudEvents::new(format, &CloudEventsConfig::default(), "outbox").unwrap();
+            let meta = TxnMeta::new(0x10, 0).with_cloudevents(ce);
+            let got = header_pairs(&rec, &meta);
+            let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(
+                names[..RELAY_HEADER_COUNT],
+                [
+                    "id",
+                    "event_type",
+                    "aggregate_type",
+                    "aggregate_id",
+                    "lsn",
+                    "commit_timestamp"
+                ]
+            );
+            assert_eq!(
+                got.iter().filter(|(k, _)| k == "ce_id").count(),
+                usize::from(format == MessageFormat::CloudeventsBinary)
+            );
+            assert!(
+                got.iter().all(|(_, v)| v != b"forged" && v != b"text/xml"),
+                "{names:?}"
+            );
+            assert_eq!(
+                got.last().unwrap(),
+                &("traceparent".to_string(), b"00-abc-01".to_vec())
+            );
+            let v = value(&rec, &meta);
+            if format == MessageFormat::CloudeventsBinary {
+                assert_eq!(&*v, b"{\"a\":1}");
+            } else {
+                let env: serde_json::Value = serde_json::from_slice(&v).unwrap();
+                assert_eq!(env["data"], serde_json::json!({"a": 1}));
+                assert_eq!(env["id"], "7");
+            }
+        }
+        // Raw: the payload itself, borrowed.
+        assert!(matches!(value(&rec, &TxnMeta::new(1, 0)), Cow::Borrowed(_)));
     }
 }

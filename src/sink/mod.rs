@@ -9,6 +9,7 @@
 //! messages in WAL commit order.
 
 pub mod classify;
+pub mod cloudevents;
 pub mod kafka_config;
 pub mod message;
 pub mod producer;

@@ -24,7 +24,7 @@ use crate::decode::OutboxRecord;
 use crate::error::{RelayError, Result};
 use crate::sink::classify::SinkError;
 use crate::sink::kafka_config::{self, ClientRole};
-use crate::sink::message::{headers, TxnMeta};
+use crate::sink::message::{headers, value, TxnMeta};
 
 /// Header naming the relay process that produced a message
 /// (`kafka.instance-header`): `host:pid:start-ms`. Set on first sends (not
@@ -404,9 +404,10 @@ impl Publisher {
         topic: &str,
         tag: Box<MsgTag>,
     ) -> std::result::Result<(), (SendError, Box<MsgTag>)> {
+        let payload = value(rec, meta);
         let record = BaseRecord::with_opaque_to(topic, tag)
             .key(rec.aggregate_id.as_bytes())
-            .payload(rec.payload.as_ref())
+            .payload(payload.as_ref())
             .headers(match self.instance {
                 Some(i) => headers(rec, meta).insert(Header {
                     key: INSTANCE_HEADER,
