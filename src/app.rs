@@ -68,7 +68,16 @@ pub async fn run_with_health(
         cfg.clone(),
         stop.clone(),
     )));
-    let supervisor = supervise(&cfg, &health, stop.clone());
+    let supervisor = async {
+        if cfg.ha.enabled {
+            supervise_ha(&cfg, &health, stop.clone()).await
+        } else {
+            health.set_leader(None);
+            supervise(&cfg, &health, stop.clone(), None)
+                .await
+                .map(|_| ())
+        }
+    };
     tokio::pin!(supervisor);
     let mut fatal_error = None;
     let mut caller_gone = false;
@@ -141,21 +150,64 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// How [`supervise`] ended without a fatal error.
+#[derive(Debug, PartialEq, Eq)]
+enum SupervisorEnd {
+    /// Shutdown: drained and persisted.
+    Stopped,
+    /// The leader lease ran out: the session was dropped; stand by again.
+    Fenced,
+}
+
+/// With `ha.enabled`: stand by until this relay holds the slot's lock (and
+/// the grace period passed), lead until shutdown or the lease runs out, and
+/// after a fence stand by again. On shutdown the lock is released right
+/// after the drain and the checkpoint, so a standby takes over at once.
+async fn supervise_ha(
+    cfg: &Config,
+    health: &crate::health::SharedHealth,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    crate::leader::start_election();
+    loop {
+        let Some(lease) = crate::leader::acquire(cfg, health, &mut stop).await? else {
+            return Ok(());
+        };
+        let ended = supervise(cfg, health, stop.clone(), Some(lease.fence())).await;
+        match ended {
+            Ok(SupervisorEnd::Fenced) => {
+                crate::leader::step_down(health);
+                lease.release().await;
+            }
+            other => {
+                lease.release().await;
+                health.set_leader(Some(false));
+                tracing::info!("released the slot's lock");
+                return other.map(|_| ());
+            }
+        }
+    }
+}
+
 /// Run sessions, retrying transient failures with backoff, until `shutdown`
-/// (Ok) or a fatal error.
+/// (Ok) or a fatal error — or, with a leader lease, until it runs out.
 async fn supervise(
     cfg: &Config,
     health: &crate::health::SharedHealth,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<()> {
+    fence: Option<watch::Receiver<bool>>,
+) -> Result<SupervisorEnd> {
     let mut backoff = Backoff::new(cfg.relay.backoff_initial, cfg.relay.backoff_max);
     // Kept across sessions: the permanent-refusal ledger lives here.
     let mut stats = SessionStats::default();
+    let fenced = |f: &Option<watch::Receiver<bool>>| f.as_ref().is_some_and(|f| *f.borrow());
     loop {
         let acked_before = stats.acked;
-        let outcome = relay::run_session(cfg, health, &mut shutdown, &mut stats).await;
+        let outcome =
+            relay::run_session(cfg, health, &mut shutdown, &mut stats, fence.clone()).await;
         match outcome {
-            Ok(relay::SessionEnd::Stopped) => return Ok(()),
+            Ok(relay::SessionEnd::Stopped) => return Ok(SupervisorEnd::Stopped),
+            Err(_) if fenced(&fence) => return Ok(SupervisorEnd::Fenced),
             Err(e) => {
                 let class = e.class();
                 if class == ErrorClass::Fatal {
@@ -168,12 +220,17 @@ async fn supervise(
                 metrics::counter!(crate::metrics::RETRIES, "reason" => class.to_string())
                     .increment(1);
                 tracing::warn!(error = %e, %class, retry_in = ?delay, "relay session failed; retrying from the durable checkpoint");
+                let mut f = fence.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => {}
+                    _ = async { f.as_mut().expect("guarded").wait_for(|v| *v).await.map(|_| ()) }, if f.is_some() => {}
                 }
                 if *shutdown.borrow() {
-                    return Ok(());
+                    return Ok(SupervisorEnd::Stopped);
+                }
+                if fenced(&fence) {
+                    return Ok(SupervisorEnd::Fenced);
                 }
             }
         }

@@ -56,6 +56,41 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The janitor: marking published rows and pruning old ones.
     pub cleanup: CleanupConfig,
+    /// High availability: leader election among relays sharing the slot.
+    pub ha: HaConfig,
+}
+
+/// Standby relays and leader election through PostgreSQL ([`crate::leader`]).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct HaConfig {
+    /// Elect one leader per slot with a PostgreSQL advisory lock; the other
+    /// `run` processes stand by. On by default: with one relay it costs one
+    /// idle connection and `lease` at startup, and without it two relays on
+    /// one slot are kept apart only by the slot's one-walsender rule, which
+    /// does not stop a zombie's producer.
+    pub enabled: bool,
+    /// How long a leadership proof (a renewal query on the lock connection)
+    /// lasts. A leader that cannot renew within it stops producing; a standby
+    /// that wins the lock waits `lease` + `lease`/4 before it opens the stream,
+    /// and the server ends a lock session idle for longer
+    /// (`idle_session_timeout`). Takeover after a crash is about this long.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often a standby tries the lock (and so how soon after the leader
+    /// released it a standby notices). At most `lease`/2.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lease: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
 }
 
 /// What to do with a row that can never be published as it is.
@@ -267,6 +302,10 @@ pub struct KafkaConfig {
     pub topic_replication_factor: i32,
     /// Dead-letter topic for rows that cannot be published.
     pub dlq_topic: String,
+    /// Add a `relay_instance` header (`host:pid:start-ms`) to every message,
+    /// so consumers and tests can tell which relay produced it (after a
+    /// takeover, for example). Off by default: it costs bytes per message.
+    pub instance_header: bool,
     /// Any librdkafka producer property, passed through.
     pub properties: BTreeMap<String, String>,
     /// `raw`, `cloudevents-binary` or `cloudevents-structured`
@@ -288,6 +327,7 @@ impl Default for KafkaConfig {
             topic_partitions: 3,
             topic_replication_factor: 0,
             dlq_topic: "outbox.dlq".into(),
+            instance_header: false,
             properties: BTreeMap::new(),
             format: MessageFormat::Raw,
             cloudevents: CloudEventsConfig::default(),
@@ -553,6 +593,15 @@ impl Config {
         }
         if self.relay.slot_check_interval.is_zero() {
             return Err(ConfigError::new("relay.slot-check-interval", "must be > 0"));
+        }
+        if self.ha.lease < Duration::from_millis(100) {
+            return Err(ConfigError::new("ha.lease", "must be >= 100ms"));
+        }
+        if self.ha.poll_interval.is_zero() || self.ha.poll_interval > self.ha.lease / 2 {
+            return Err(ConfigError::new(
+                "ha.poll-interval",
+                "must be > 0 and <= ha.lease / 2",
+            ));
         }
         if self.relay.backoff_max < self.relay.backoff_initial {
             return Err(ConfigError::new(

@@ -129,6 +129,11 @@ pub enum RelayError {
     /// A deadline passed (connect, checkpoint write).
     #[error("timed out: {0}")]
     Timeout(String),
+
+    /// This relay can no longer prove it leads the slot: it stopped
+    /// producing and stands by again ([`crate::leader`]).
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl RelayError {
@@ -166,7 +171,7 @@ impl RelayError {
             RelayError::Row(_) | RelayError::RowRejected { .. } => ErrorClass::Permanent,
             RelayError::Kafka { source, .. } => crate::sink::classify::kafka_class(source),
             RelayError::Sink { source, .. } => source.class,
-            RelayError::Timeout(_) => ErrorClass::Transient,
+            RelayError::Timeout(_) | RelayError::Fenced(_) => ErrorClass::Transient,
         }
     }
 }

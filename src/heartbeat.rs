@@ -59,6 +59,10 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             changed = shutdown.changed() => { if changed.is_err() { return; } continue; }
         }
+        // Standbys leave the heartbeat to the leader (one writer per slot).
+        if !crate::leader::may_act() {
+            continue;
+        }
         let result = async {
             if client.as_ref().is_none_or(Client::is_closed) {
                 client = Some(control::connect(&cfg, "heartbeat").await?);

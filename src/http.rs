@@ -321,20 +321,33 @@ pub fn route(
         },
         "/healthz" => Response::text(200, "ok\n"),
         "/readyz" => {
-            if health.is_ready() {
-                Response::text(200, "ready\n")
-            } else {
+            if !health.is_ready() {
                 Response::text(503, format!("not ready: {}\n", not_ready_reason(health)))
+            } else if health.leader() == Some(false) {
+                Response::text(200, "ready: standby\n")
+            } else {
+                Response::text(200, "ready\n")
             }
         }
-        _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
+        // For routing to (or alerting on) the one relay that produces: 200
+        // on the leader (or a relay without election), 503 on a standby.
+        "/leader" => match health.leader() {
+            Some(false) => Response::text(503, "standby\n"),
+            _ => Response::text(200, "leader\n"),
+        },
+        _ => Response::text(
+            404,
+            "not found: try /metrics, /healthz, /readyz or /leader\n",
+        ),
     }
 }
 
 /// Why `/readyz` fails, in one line.
 pub fn not_ready_reason(health: &SharedHealth) -> String {
     let mut why = Vec::new();
-    if !health.stream_up() {
+    if health.leader() == Some(false) {
+        why.push("standby: the leader-election connection to PostgreSQL fails");
+    } else if !health.stream_up() {
         why.push("replication stream is not running");
     }
     if !health.broker_ok() {

@@ -310,6 +310,10 @@ pub async fn run_periodic(cfg: Config, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             return;
         }
+        // Standbys leave housekeeping to the leader.
+        if !crate::leader::may_act() {
+            continue;
+        }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = match control::connect(&cfg, "janitor").await {
                 Ok(c) => Some(c),

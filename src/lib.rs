@@ -33,6 +33,8 @@
 //! 7. The stream never sees its own housekeeping — [`schema`] (inserts-only
 //!    publication).
 //! 8. Bad input is named — [`config`], [`decode`], [`error`].
+//! 10. One producer per slot — [`leader`] (advisory lock, lease, fencing),
+//!     [`relay`] (the session is dropped when fenced), [`app`].
 //!
 //! ## Modules
 //! [`config`] · [`cli`] · [`error`] · [`app`] · [`source`] · [`decode`] ·
@@ -70,6 +72,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod http;
 pub mod janitor;
+pub mod leader;
 pub mod metrics;
 pub mod ports;
 pub mod recovery;

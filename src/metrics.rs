@@ -35,6 +35,9 @@ pub const SLOT_WAL_STATUS: &str = "outbox_relay_slot_wal_status";
 pub const HEARTBEAT_AGE: &str = "outbox_relay_heartbeat_age_seconds";
 /// 1 while a replication session is streaming.
 pub const STREAM_UP: &str = "outbox_relay_stream_up";
+/// 1 while this relay leads (holds the slot's lock, or runs without
+/// election), 0 while it stands by.
+pub const LEADER: &str = "outbox_relay_leader";
 /// Rows blocked by a permanent error (with `on-permanent-error = "block"`).
 pub const BLOCKED_ROW: &str = "outbox_relay_blocked_row_id";
 
@@ -77,6 +80,7 @@ pub const ALL: &[&str] = &[
     FAILED_LAST_HOUR,
     PRUNE_OVERDUE,
     TABLE_HEALTH_SECONDS,
+    LEADER,
 ];
 
 /// Register descriptions with the installed recorder.
@@ -132,6 +136,10 @@ pub fn describe() {
     );
     describe_gauge!(STREAM_UP, "1 while the replication stream is running");
     describe_table_health();
+    describe_gauge!(
+        LEADER,
+        "1 while this relay is the leader for its slot (or runs without election), 0 while it stands by"
+    );
     describe_gauge!(
         BLOCKED_ROW,
         "Id of the outbox row blocking the stream (on-permanent-error = block), 0 when none"

@@ -57,9 +57,56 @@ pub struct Status {
     pub rows: Rows,
     /// The oldest `PENDING` row, `None` if there is none.
     pub oldest_pending: Option<Age>,
+<<<<<<< HEAD
     /// After a lost slot: PENDING rows the new slot will never deliver,
     /// awaiting `replay --status PENDING` (`None`: no recovery open).
     pub lost_slot_rows: Option<i64>,
+=======
+    /// Relays with a leader-election connection for this slot (leader
+    /// first), from `pg_stat_activity`.
+    pub relays: Vec<RelayInstance>,
+}
+
+/// One relay process seen through its leader-election connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayInstance {
+    /// `leader` or `standby`.
+    pub role: String,
+    /// Host name the relay reports (may be shortened to fit).
+    pub host: String,
+    /// The relay's process id on that host.
+    pub pid: u32,
+    /// Since when it leads or stands by (RFC 3339).
+    pub since: String,
+    /// Where its connection comes from, as PostgreSQL sees it.
+    pub client_addr: String,
+}
+
+/// Parse `outbox-relay <role> <slot> <host>:<pid> <since-unix>` (see
+/// [`crate::leader::application_name`]) for `slot`.
+pub fn parse_relay(app_name: &str, slot: &str, client_addr: &str) -> Option<RelayInstance> {
+    let mut parts = app_name.split_whitespace();
+    if parts.next()? != "outbox-relay" {
+        return None;
+    }
+    let role = parts.next()?;
+    if role != "leader" && role != "standby" {
+        return None;
+    }
+    if parts.next()? != slot {
+        return None;
+    }
+    let (host, pid) = parts.next()?.rsplit_once(':')?;
+    let since: u64 = parts.next()?.parse().ok()?;
+    let since = std::time::UNIX_EPOCH + std::time::Duration::from_secs(since);
+    Some(RelayInstance {
+        role: role.into(),
+        host: host.into(),
+        pid: pid.parse().ok()?,
+        since: humantime::format_rfc3339_seconds(since).to_string(),
+        client_addr: client_addr.into(),
+    })
+>>>>>>> issue-12
 }
 
 /// The checkpoint table's row for the slot.
@@ -235,7 +282,23 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         None
     };
 
+    let rows_a = client
+        .query(
+            "SELECT application_name, COALESCE(host(client_addr), 'local') FROM pg_stat_activity \
+             WHERE application_name LIKE 'outbox-relay leader %' \
+                OR application_name LIKE 'outbox-relay standby %'",
+            &[],
+        )
+        .await
+        .map_err(|e| RelayError::postgres("reading pg_stat_activity", e))?;
+    let mut relays: Vec<RelayInstance> = rows_a
+        .iter()
+        .filter_map(|r| parse_relay(r.get(0), &slot_name, r.get(1)))
+        .collect();
+    relays.sort_by(|a, b| (a.role != "leader", &a.since).cmp(&(b.role != "leader", &b.since)));
+
     Ok(Status {
+        relays,
         slot_name,
         slot,
         current_wal_lsn,
@@ -338,11 +401,28 @@ pub fn render_table(s: &Status) -> String {
             None => "none".to_string(),
         },
     );
+<<<<<<< HEAD
     if let Some(n) = s.lost_slot_rows {
         row(
             "LOST SLOT",
             format!("{n} PENDING row(s) committed before the new slot: run `outbox-relay replay --status PENDING`"),
         );
+=======
+    if s.relays.is_empty() {
+        out.push((
+            "relays".into(),
+            "none with leader election connected".into(),
+        ));
+    }
+    for r in &s.relays {
+        out.push((
+            r.role.clone(),
+            format!(
+                "{}:{} since {} (from {})",
+                r.host, r.pid, r.since, r.client_addr
+            ),
+        ));
+>>>>>>> issue-12
     }
     let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     out.iter()
@@ -414,8 +494,29 @@ mod tests {
                 failed: 1,
             },
             oldest_pending: None,
+<<<<<<< HEAD
             lost_slot_rows: None,
+=======
+            relays: vec![],
+>>>>>>> issue-12
         }
+    }
+
+    #[test]
+    fn relay_names_parse() {
+        let r = parse_relay(
+            "outbox-relay leader outbox_relay db1:4242 1700000000",
+            "outbox_relay",
+            "10.0.0.1",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.role.as_str(), r.host.as_str(), r.pid),
+            ("leader", "db1", 4242)
+        );
+        assert_eq!(r.since, "2023-11-14T22:13:20Z");
+        assert!(parse_relay("outbox-relay standby other h:1 1", "outbox_relay", "x").is_none());
+        assert!(parse_relay("outbox-relay checkpoint", "outbox_relay", "x").is_none());
     }
 
     #[test]

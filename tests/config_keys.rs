@@ -280,6 +280,13 @@ const CASES: &[(&str, &str, &str)] = &[
     ),
     ("cleanup.archive-retention-days", "-1", "negative"),
     ("cleanup.archive-retention-days", "\"30d\"", "wrong type"),
+    // kafka (instance header)
+    ("kafka.instance-header", "1", "wrong type"),
+    // ha
+    ("ha.enabled", "\"yes\"", "wrong type"),
+    ("ha.lease", "\"50ms\"", "below 100ms"),
+    ("ha.poll-interval", "\"0s\"", "zero"),
+    ("ha.poll-interval", "\"900ms\"", "above ha.lease / 2 (1s)"),
 ];
 
 /// Keys for which every value of the right type is legal, and why. Each
@@ -316,6 +323,14 @@ const ANY_WELL_TYPED_VALUE: &[(&str, &str)] = &[
     (
         "metrics.table-health-interval",
         "0s turns the table-health queries off; any other duration is a period",
+    ),
+    (
+        "kafka.instance-header",
+        "a switch: on adds the relay_instance header",
+    ),
+    (
+        "ha.enabled",
+        "a switch: off runs without election (one relay per slot, by the operator's care)",
     ),
 ];
 

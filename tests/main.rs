@@ -14,6 +14,7 @@ mod dlq;
 mod docs;
 mod faults;
 mod fixture;
+mod ha;
 mod janitor;
 mod kafka_security;
 mod observability;

@@ -100,7 +100,37 @@ pub struct Session<'a> {
 }
 
 /// Run one session until shutdown (Ok) or the first error (Err).
+///
+/// `fence` is the leader lease ([`crate::leader`]): when it turns true (or
+/// its sender is gone) the session future is dropped on the spot, which
+/// purges the producer — queued and in-flight messages — and drops the
+/// replication stream without a checkpoint write (invariant 10). Dropping,
+/// not a flag the loop checks, so a loop stuck in a bookkeeping call is
+/// fenced just as fast.
 pub async fn run_session(
+    cfg: &Config,
+    health: &SharedHealth,
+    shutdown: &mut watch::Receiver<bool>,
+    stats: &mut SessionStats,
+    fence: Option<watch::Receiver<bool>>,
+) -> Result<SessionEnd> {
+    let Some(mut fence) = fence else {
+        return session_body(cfg, health, shutdown, stats).await;
+    };
+    let fenced = RelayError::Fenced("the leader lease ran out".into());
+    if *fence.borrow_and_update() {
+        return Err(fenced);
+    }
+    let result = tokio::select! {
+        biased;
+        _ = fence.wait_for(|v| *v) => Err(fenced),
+        r = session_body(cfg, health, shutdown, stats) => r,
+    };
+    health.set_stream_up(false);
+    result
+}
+
+async fn session_body(
     cfg: &Config,
     health: &SharedHealth,
     shutdown: &mut watch::Receiver<bool>,

@@ -26,6 +26,11 @@ use crate::sink::classify::SinkError;
 use crate::sink::kafka_config::{self, ClientRole};
 use crate::sink::message::{headers, value, TxnMeta};
 
+/// Header naming the relay process that produced a message
+/// (`kafka.instance-header`): `host:pid:start-ms`. Set on first sends (not
+/// on lone retries of refused rows).
+pub const INSTANCE_HEADER: &str = "relay_instance";
+
 /// What travels with a message through librdkafka and comes back in its
 /// delivery report (boxed as the delivery opaque).
 #[derive(Debug, Clone)]
@@ -213,6 +218,8 @@ pub struct Publisher {
     topic_partitions: i32,
     /// `kafka.topic-replication-factor`, resolved from the cluster size on first use when 0.
     topic_replication: i32,
+    /// `kafka.instance-header`: the `relay_instance` header's value.
+    instance: Option<&'static str>,
 }
 
 impl Publisher {
@@ -244,6 +251,7 @@ impl Publisher {
                 known_topics: HashSet::new(),
                 topic_partitions: cfg.kafka.topic_partitions,
                 topic_replication: cfg.kafka.topic_replication_factor,
+                instance: cfg.kafka.instance_header.then(crate::leader::instance_id),
             },
             rx,
         ))
@@ -400,7 +408,13 @@ impl Publisher {
         let record = BaseRecord::with_opaque_to(topic, tag)
             .key(rec.aggregate_id.as_bytes())
             .payload(payload.as_ref())
-            .headers(headers(rec, meta))
+            .headers(match self.instance {
+                Some(i) => headers(rec, meta).insert(Header {
+                    key: INSTANCE_HEADER,
+                    value: Some(i.as_bytes()),
+                }),
+                None => headers(rec, meta),
+            })
             .timestamp(meta.commit_unix_millis);
         match self.producer_for(&record.delivery_opaque) {
             Ok(p) => p.send(record).map_err(classify_send),
@@ -474,5 +488,14 @@ impl Publisher {
         if let Some(p) = self.isolated.get() {
             p.purge(PurgeConfig::default().queue().inflight());
         }
+    }
+}
+
+/// Dropping purges first: librdkafka would purge too, but only after the
+/// polling thread stopped (up to its poll interval). A fenced leader's
+/// session is dropped, and must stop sending at once (invariant 10).
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.purge();
     }
 }

@@ -19,10 +19,23 @@ use crate::source::tls::{self, PgTarget};
 /// server refusing required TLS is an environment error — fatal, one line,
 /// no retry — while a connection reset during the handshake stays transient.
 pub async fn connect(cfg: &Config, purpose: &'static str) -> Result<Client> {
+    connect_tuned(cfg, purpose, &format!("outbox-relay {purpose}"), |_| {}).await
+}
+
+/// [`connect`] with an application name of the caller's and a last say on
+/// the driver's settings (the leader election's lock connection sets TCP
+/// keepalives here).
+pub async fn connect_tuned(
+    cfg: &Config,
+    purpose: &'static str,
+    application_name: &str,
+    tune: impl FnOnce(&mut tokio_postgres::Config),
+) -> Result<Client> {
     let target = PgTarget::parse(cfg.postgres_url())?;
     let mut pg = target.config.clone();
-    pg.application_name(format!("outbox-relay {purpose}"));
+    pg.application_name(application_name);
     pg.connect_timeout(cfg.postgres.connect_timeout);
+    tune(&mut pg);
     let deadline = cfg.postgres.connect_timeout + Duration::from_secs(1);
     let connected = match target.rustls_config()? {
         None => connect_with(&pg, NoTls, deadline).await,
