@@ -57,11 +57,9 @@ pub struct Status {
     pub rows: Rows,
     /// The oldest `PENDING` row, `None` if there is none.
     pub oldest_pending: Option<Age>,
-<<<<<<< HEAD
     /// After a lost slot: PENDING rows the new slot will never deliver,
     /// awaiting `replay --status PENDING` (`None`: no recovery open).
     pub lost_slot_rows: Option<i64>,
-=======
     /// Relays with a leader-election connection for this slot (leader
     /// first), from `pg_stat_activity`.
     pub relays: Vec<RelayInstance>,
@@ -106,7 +104,6 @@ pub fn parse_relay(app_name: &str, slot: &str, client_addr: &str) -> Option<Rela
         since: humantime::format_rfc3339_seconds(since).to_string(),
         client_addr: client_addr.into(),
     })
->>>>>>> issue-12
 }
 
 /// The checkpoint table's row for the slot.
@@ -401,13 +398,12 @@ pub fn render_table(s: &Status) -> String {
             None => "none".to_string(),
         },
     );
-<<<<<<< HEAD
     if let Some(n) = s.lost_slot_rows {
         row(
             "LOST SLOT",
             format!("{n} PENDING row(s) committed before the new slot: run `outbox-relay replay --status PENDING`"),
         );
-=======
+    }
     if s.relays.is_empty() {
         out.push((
             "relays".into(),
@@ -422,7 +418,6 @@ pub fn render_table(s: &Status) -> String {
                 r.host, r.pid, r.since, r.client_addr
             ),
         ));
->>>>>>> issue-12
     }
     let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     out.iter()
@@ -494,11 +489,8 @@ mod tests {
                 failed: 1,
             },
             oldest_pending: None,
-<<<<<<< HEAD
             lost_slot_rows: None,
-=======
             relays: vec![],
->>>>>>> issue-12
         }
     }
 
