@@ -483,7 +483,11 @@ async fn pg_restart_mid_stream(mode: &str) {
         .first_beyond(restarted, ckpts.value_at(restarted))
         .map(|t| t - restarted);
     let log = relay.log_text();
-    let retries = log.matches("relay session failed; retrying").count();
+    // A session ends either on its own error or because the leader lost its lock
+    // connection with the server and stepped down (fencing); both replay from the
+    // checkpoint.
+    let retries = log.matches("relay session failed; retrying").count()
+        + log.matches("stepped down: leadership lost").count();
     eprintln!(
         "pg_ctl restart -m {mode}: took {} ms; checkpoint at restart {:X} (before backlog {:X}); \
          {} rows ({} backlog, {} writer txns, {} writer errors, {} uncertain); {} duplicates; \
