@@ -48,10 +48,20 @@ fn sample_config_has_every_key_with_its_default() {
     d.kafka.brokers = parsed.kafka.brokers.clone();
     flatten("", &serde_json::to_value(&d).unwrap(), &mut defaults);
 
-    let missing: Vec<_> = defaults.keys().filter(|k| !in_file.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "keys missing from relay.toml: {missing:?}");
+    let missing: Vec<_> = defaults
+        .keys()
+        .filter(|k| !in_file.contains_key(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from relay.toml: {missing:?}"
+    );
     let mut parsed_flat = BTreeMap::new();
-    flatten("", &serde_json::to_value(&parsed).unwrap(), &mut parsed_flat);
+    flatten(
+        "",
+        &serde_json::to_value(&parsed).unwrap(),
+        &mut parsed_flat,
+    );
     for (k, v) in &defaults {
         assert_eq!(
             parsed_flat.get(k),

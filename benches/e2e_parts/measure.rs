@@ -13,6 +13,9 @@
 //!   (truncated), so these latencies read up to 1 ms low.
 //! * **CPU** is the contender's own utime+stime from /proc (all threads; the
 //!   JVM's too), next to the broker's over the same window.
+//! * A steady run measures only after a warm-up: first events until they
+//!   flow, then the target rate for `seconds / 6` (1–10 s) until the
+//!   consumer caught up, so the JVM's JIT and every buffer are warm.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -367,6 +370,27 @@ pub async fn steady(
                 proc.log()
             );
         }
+    }
+    // Then the target rate for a while, so both the JVM's JIT and the
+    // relay's buffers reach their steady state before anything is measured.
+    let warm_s = (seconds / 6.0).clamp(1.0, 10.0);
+    let l = load::run_load(
+        &env.bench_url,
+        "public.outbox",
+        agg,
+        rate,
+        warm_s,
+        Opts::pad(o.payload_bytes),
+        conns,
+        env.clock,
+    )
+    .await?;
+    warm += l.commits.len();
+    if !consumer.wait_for(warm, Duration::from_secs(120)).await {
+        eprintln!(
+            "[e2e] {} at {rate}/s: still behind 120 s after the {warm_s:.0} s warm-up",
+            kind.name()
+        );
     }
     let cpu = harness::PhaseCpu::start(&[("broker", env.broker.pid()), ("contender", proc.pid())]);
     let committed = Arc::new(AtomicU64::new(0));
