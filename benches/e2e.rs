@@ -559,7 +559,7 @@ async fn run(opts: Opts) -> Result<()> {
             }
         };
     }
-    let mut relay_mean = None;
+    let mut relay_mean = RelayLatency::default();
     if compare_mode {
         let mut cmp = compare::Compare::default();
         part!("catchup", compare::catchup(&env, &mut rep, &mut cmp).await);
@@ -717,6 +717,12 @@ pub async fn preload(env: &Env, agg: &str, with_dbz: bool) -> Result<Backlog> {
     let n = env.opts.events;
     let c = &*env.ctl;
     env.skip_slot("outbox_relay").await?;
+    // A failed run may have left pg_recvlogical's slot behind.
+    c.batch_execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name = 'bench_recv'",
+    )
+    .await?;
     c.batch_execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
         .await?;
     if with_dbz {
@@ -918,26 +924,45 @@ pub async fn bare_burst(env: &Env, topic: &str, n: u64) -> Result<(f64, Value)> 
     ))
 }
 
+/// One catch-up run: backlog, pg_recvlogical, the relay, the bare producer.
+async fn catchup_once(env: &Env, i: usize) -> Result<Value> {
+    let b = preload(env, &format!("catchup{i}"), false).await?;
+    Statements::reset(&env.ctl).await;
+    let (recv_rate, last_end, recv_json) = recvlogical(env, &b).await?;
+    Statements::reset(&env.ctl).await;
+    let relay = measure::drain(env, Kind::Relay, &b.agg, b.n, last_end).await?;
+    let stmts = Statements::of_role(&env.ctl, "postgres").await;
+    let (bare_rate, bare_json) = bare_burst(env, &format!("bare.catchup{i}"), b.n).await?;
+    Ok(json!({
+        "events": b.n, "transactions": b.txns, "wal_bytes": b.wal_bytes, "preload_s": b.preload_s,
+        "pg_recvlogical": recv_json, "relay": relay.json, "bare_producer": bare_json,
+        "relay_statements": stmts.json(b.n, relay.json["seconds"].as_f64().unwrap_or(1.0)),
+        "relay_statements_cell": stmt_cell(&stmts, b.n),
+        "ratio_relay_over_pg_recvlogical": relay.events_per_s / recv_rate,
+        "ratio_relay_over_bare_producer": relay.events_per_s / bare_rate,
+    }))
+}
+
 async fn catchup(env: &Env, rep: &mut Report) -> Result<()> {
     let mut runs = Vec::new();
+    let mut errors = Vec::new();
     for i in 0..env.opts.repeat {
         eprintln!("[e2e] catch-up run {} of {}", i + 1, env.opts.repeat);
-        let b = preload(env, &format!("catchup{i}"), false).await?;
-        Statements::reset(&env.ctl).await;
-        let (recv_rate, last_end, recv_json) = recvlogical(env, &b).await?;
-        Statements::reset(&env.ctl).await;
-        let relay = measure::drain(env, Kind::Relay, &b.agg, b.n, last_end).await?;
-        let stmts = Statements::of_role(&env.ctl, "postgres").await;
-        let (bare_rate, bare_json) = bare_burst(env, &format!("bare.catchup{i}"), b.n).await?;
-        runs.push(json!({
-            "events": b.n, "transactions": b.txns, "wal_bytes": b.wal_bytes, "preload_s": b.preload_s,
-            "pg_recvlogical": recv_json, "relay": relay.json, "bare_producer": bare_json,
-            "relay_statements": stmts.json(b.n, relay.json["seconds"].as_f64().unwrap_or(1.0)),
-            "relay_statements_cell": stmt_cell(&stmts, b.n),
-            "ratio_relay_over_pg_recvlogical": relay.events_per_s / recv_rate,
-            "ratio_relay_over_bare_producer": relay.events_per_s / bare_rate,
-        }));
+        match catchup_once(env, i).await {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("[e2e] catch-up run {} failed: {e:#}", i + 1);
+                errors.push(format!("run {}: {e:#}", i + 1));
+            }
+        }
     }
+    if runs.is_empty() {
+        bail!("every catch-up run failed: {}", errors.join("; "));
+    }
+    if !errors.is_empty() {
+        rep.row("catch-up", "failed runs (left out)", errors.join("; "));
+    }
+
     let col = |path: &[&str]| -> Vec<f64> {
         runs.iter()
             .filter_map(|r| {
@@ -1166,10 +1191,16 @@ fn metric_ms(v: &Option<Value>, key: &str) -> Option<f64> {
     v.as_ref()?.get(key)?.as_f64()
 }
 
+/// The relay's commit → append latency (ms, medians over the runs), for
+/// the polling comparison.
+#[derive(Default, Clone, Copy)]
+struct RelayLatency {
+    mean: Option<f64>,
+    p50: Option<f64>,
+}
+
 /// Steady state through the relay and the bare floor, `--repeat` times.
-/// Returns the relay's median mean commit → append latency (ms) for the
-/// polling comparison.
-async fn steady(env: &Env, rep: &mut Report) -> Result<Option<f64>> {
+async fn steady(env: &Env, rep: &mut Report) -> Result<RelayLatency> {
     let o = env.opts.clone();
     let mut runs = Vec::new();
     for i in 0..o.repeat {
@@ -1215,6 +1246,7 @@ async fn steady(env: &Env, rep: &mut Report) -> Result<Option<f64>> {
                 "floor_receive": load::opt_cell(&f.receive),
             },
             "mean_commit_to_append_ms": s.commit_to_append.as_ref().map(|x| x.mean),
+            "p50_commit_to_append_ms": s.commit_to_append.as_ref().map(|x| x.p50),
         }));
     }
     let col = |path: &[&str]| -> Vec<f64> {
@@ -1377,7 +1409,10 @@ async fn steady(env: &Env, rep: &mut Report) -> Result<Option<f64>> {
         other.map_or("n/a".into(), |v| format!("{v:.4} other/event")),
         other.map(|v| v < 0.001),
     );
-    let mean = spread(&col(&["mean_commit_to_append_ms"])).map(|x| x.0);
+    let mean = RelayLatency {
+        mean: spread(&col(&["mean_commit_to_append_ms"])).map(|x| x.0),
+        p50: spread(&col(&["p50_commit_to_append_ms"])).map(|x| x.0),
+    };
     rep.json.insert(
         "steady".into(),
         json!({
@@ -1395,7 +1430,7 @@ async fn steady(env: &Env, rep: &mut Report) -> Result<Option<f64>> {
 
 // ------------------------------------------------------------------- polling
 
-async fn polling(env: &Env, rep: &mut Report, relay_mean: Option<f64>) -> Result<()> {
+async fn polling(env: &Env, rep: &mut Report, relay: RelayLatency) -> Result<()> {
     let o = env.opts.clone();
     let mut results = Vec::new();
     for ms in [o.poll_interval_ms, o.fast_poll_interval_ms] {
@@ -1471,14 +1506,22 @@ async fn polling(env: &Env, rep: &mut Report, relay_mean: Option<f64>) -> Result
             &format!("{label}: statements"),
             stmt_cell(&stmts, n as u64),
         );
-        let ratio = match (&append, relay_mean) {
+        let ratio = match (&append, relay.mean) {
             (Some(p), Some(r)) if r > 0.0 => Some(p.mean / r),
+            _ => None,
+        };
+        let ratio50 = match (&append, relay.p50) {
+            (Some(p), Some(r)) if r > 0.0 => Some(p.p50 / r),
             _ => None,
         };
         rep.row(
             "polling",
-            &format!("{label}: mean commit→append, polling / relay"),
-            ratio.map_or("n/a".into(), |r| format!("{r:.0} ×")),
+            &format!("{label}: commit→append, polling / relay"),
+            format!(
+                "mean {} · p50 {}",
+                ratio.map_or("n/a".into(), |r| format!("{r:.0} ×")),
+                ratio50.map_or("n/a".into(), |r| format!("{r:.0} ×"))
+            ),
         );
         if ms == o.poll_interval_ms {
             rep.target(
@@ -1495,6 +1538,7 @@ async fn polling(env: &Env, rep: &mut Report, relay_mean: Option<f64>) -> Result
             "commit_to_append": load::opt_json(&append),
             "commit_to_receive": load::opt_json(&client),
             "mean_ratio_over_relay_append": ratio,
+            "p50_ratio_over_relay_append": ratio50,
             "polls": stats.polls, "batches": stats.batches, "published": stats.events,
             "machine": machine,
             "statements": stmts.json(n as u64, load.elapsed_s),

@@ -37,35 +37,50 @@ pub struct Compare {
 
 const CONTENDERS: [Kind; 2] = [Kind::Relay, Kind::Debezium];
 
-pub async fn catchup(env: &Env, _rep: &mut Report, cmp: &mut Compare) -> Result<()> {
+pub async fn catchup(env: &Env, rep: &mut Report, cmp: &mut Compare) -> Result<()> {
+    let mut errors = Vec::new();
     for i in 0..env.opts.repeat {
         eprintln!(
             "[e2e] comparison catch-up run {} of {}",
             i + 1,
             env.opts.repeat
         );
-        let b = preload(env, &format!("cmp{i}"), true).await?;
-        let (_, last_end, recv) = recvlogical(env, &b).await?;
-        cmp.catchup
-            .entry("pg_recvlogical".into())
-            .or_default()
-            .push(recv);
-        // Alternate who goes first, so neither always meets a cold cache.
-        let order = if i % 2 == 0 {
-            CONTENDERS
-        } else {
-            [Kind::Debezium, Kind::Relay]
-        };
-        for kind in order {
-            let d = measure::drain(env, kind, &b.agg, b.n, last_end).await?;
-            cmp.catchup
-                .entry(kind.key().into())
-                .or_default()
-                .push(d.json);
+        if let Err(e) = catchup_once(env, cmp, i).await {
+            eprintln!("[e2e] comparison catch-up run {} failed: {e:#}", i + 1);
+            errors.push(format!("run {}: {e:#}", i + 1));
         }
-        let (_, bare) = bare_burst(env, &format!("bare.cmp{i}"), b.n).await?;
-        cmp.catchup.entry("bare".into()).or_default().push(bare);
     }
+    if !errors.is_empty() {
+        rep.row("catch-up", "failed runs (left out)", errors.join("; "));
+    }
+    if errors.len() == env.opts.repeat {
+        anyhow::bail!("every catch-up run failed");
+    }
+    Ok(())
+}
+
+async fn catchup_once(env: &Env, cmp: &mut Compare, i: usize) -> Result<()> {
+    let b = preload(env, &format!("cmp{i}"), true).await?;
+    let (_, last_end, recv) = recvlogical(env, &b).await?;
+    cmp.catchup
+        .entry("pg_recvlogical".into())
+        .or_default()
+        .push(recv);
+    // Alternate who goes first, so neither always meets a cold cache.
+    let order = if i % 2 == 0 {
+        CONTENDERS
+    } else {
+        [Kind::Debezium, Kind::Relay]
+    };
+    for kind in order {
+        let d = measure::drain(env, kind, &b.agg, b.n, last_end).await?;
+        cmp.catchup
+            .entry(kind.key().into())
+            .or_default()
+            .push(d.json);
+    }
+    let (_, bare) = bare_burst(env, &format!("bare.cmp{i}"), b.n).await?;
+    cmp.catchup.entry("bare".into()).or_default().push(bare);
     Ok(())
 }
 

@@ -289,12 +289,23 @@ pub struct Recv {
 pub struct ConsumerHandle {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicUsize>,
+    /// The first message read (key, value, headers, timestamp type), to show
+    /// what a contender produces.
+    first: Arc<std::sync::Mutex<Option<Value>>>,
     join: Option<JoinHandle<Vec<Recv>>>,
 }
 
 impl ConsumerHandle {
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// The first message read, as JSON (Null before any).
+    pub fn sample(&self) -> Value {
+        self.first
+            .lock()
+            .map(|g| g.clone().unwrap_or(Value::Null))
+            .unwrap_or(Value::Null)
     }
 
     /// Shared count of messages received so far.
@@ -368,7 +379,8 @@ pub async fn spawn_consumer(
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
     let ready = Arc::new(AtomicBool::new(false));
-    let (s, c, r) = (stop.clone(), count.clone(), ready.clone());
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let (s, c, r, f) = (stop.clone(), count.clone(), ready.clone(), first.clone());
     let join = std::thread::Builder::new()
         .name("bench-consumer".into())
         .spawn(move || {
@@ -401,6 +413,29 @@ pub async fn spawn_consumer(
                                 }
                             }
                         }
+                        if let Ok(mut g) = f.lock() {
+                            if g.is_none() {
+                                let text = |b: Option<&[u8]>| {
+                                    b.map(|b| String::from_utf8_lossy(b).into_owned())
+                                };
+                                let headers: Vec<Value> = m
+                                    .headers()
+                                    .map(|h| {
+                                        h.iter().map(|h| json!([h.key, text(h.value)])).collect()
+                                    })
+                                    .unwrap_or_default();
+                                *g = Some(json!({
+                                    "key": text(m.key()),
+                                    "value": text(m.payload()),
+                                    "headers": headers,
+                                    "timestamp_type": match m.timestamp() {
+                                        Timestamp::LogAppendTime(_) => "LogAppendTime",
+                                        Timestamp::CreateTime(_) => "CreateTime",
+                                        Timestamp::NotAvailable => "none",
+                                    },
+                                }));
+                            }
+                        }
                         if let Some(id) = id {
                             got.push(Recv {
                                 id,
@@ -424,6 +459,7 @@ pub async fn spawn_consumer(
     Ok(ConsumerHandle {
         stop,
         count,
+        first,
         join: Some(join),
     })
 }
@@ -481,12 +517,24 @@ pub fn header_to_append(ids: &[(i64, f64)], recvs: &[Recv]) -> Option<Dist> {
 
 /// Messages the broker holds in `topic`: the sum of its partitions' high
 /// watermarks (with acks=all, acknowledged and readable). Blocking.
+/// Transient answers (a new topic whose leader metadata has not spread
+/// yet: NotLeaderForPartition) are retried for up to 30 s.
 pub fn end_offsets(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<i64> {
     let mut sum = 0;
     for p in 0..partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(5))
-            .with_context(|| format!("watermarks of {topic}/{p}"))?;
+        let end = Instant::now() + Duration::from_secs(30);
+        let high = loop {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+                Ok((_, high)) => break high,
+                Err(e) if Instant::now() < end => {
+                    eprintln!("[e2e] watermarks of {topic}/{p}: {e} (retrying)");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("watermarks of {topic}/{p}"));
+                }
+            }
+        };
         sum += high;
     }
     Ok(sum)

@@ -434,6 +434,7 @@ pub async fn steady(
         .as_deref()
         .and_then(|t| harness::metric_quantiles(t, "outbox_relay_end_to_end_latency_seconds"));
     proc.check_alive()?;
+    let sample_message = consumer.sample();
     let recvs = consumer.finish();
     let sample = sampler.finish();
     proc.stop();
@@ -457,6 +458,7 @@ pub async fn steady(
         "events": n, "achieved_rate": load.rate(), "generator_max_behind_ms": load.max_behind_ms,
         "missing": missing, "all_delivered": all,
         "first_delivery_s": first_delivery,
+        "sample_message": sample_message,
         "start_to_append": load::opt_json(&start_to_append),
         "commit_to_append": load::opt_json(&commit_to_append),
         "commit_to_receive": load::opt_json(&commit_to_receive),
@@ -552,15 +554,13 @@ pub async fn max_rate(
             s.lag.last().map(|l| l.1),
             ok && gen_ok
         );
-        if !gen_ok {
-            bound = "the load generator fell short of the next step";
-            if ok {
-                best = Some(s.achieved_rate);
-            }
-            break;
-        }
         if !ok {
             bound = "the contender fell behind at the next step";
+            break;
+        }
+        if !gen_ok {
+            bound = "the load generator fell short of the next step";
+            best = Some(s.achieved_rate);
             break;
         }
         best = Some(rate);
