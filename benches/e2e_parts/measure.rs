@@ -178,6 +178,9 @@ pub struct Drain {
 pub async fn drain(env: &Env, kind: Kind, agg: &str, n: u64, last_end: u64) -> Result<Drain> {
     let topic = kind.topic(agg);
     env.topic(&topic).await?;
+    // Until the new topic's leader is known everywhere, end offsets answer
+    // NotLeaderForPartition (retried); settle that before the clock starts.
+    env.end_offsets(&topic).await?;
     let cpu = harness::PhaseCpu::start(&[("broker", env.broker.pid())]);
     let t = Instant::now();
     let mut proc = env.start(kind)?;
@@ -322,6 +325,7 @@ pub async fn steady(
     let o = env.opts.clone();
     let topic = kind.topic(agg);
     env.topic(&topic).await?;
+    env.end_offsets(&topic).await?;
     crate::quiesce(&env.ctl).await?;
     match kind {
         Kind::Relay => env.skip_slot(kind.slot()).await?,
