@@ -164,10 +164,15 @@ impl Connect {
         }
         self.last_scan = Instant::now();
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains("ERROR") && (l.contains("Task") || l.contains("task")))
-        {
+        // Only a task that died counts: Connect also logs ERROR for an offset
+        // flush that timed out ("Timed out waiting to flush"), which it
+        // retries at the next commit while the task goes on producing.
+        if let Some(line) = text.lines().find(|l| {
+            l.contains("ERROR")
+                && (l.contains("unrecoverable exception")
+                    || l.contains("will not recover until manually restarted")
+                    || l.contains("Failed to start"))
+        }) {
             bail!(
                 "Kafka Connect task failed: {line}\nlog {}:\n{}",
                 self.log.display(),
