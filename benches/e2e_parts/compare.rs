@@ -84,7 +84,7 @@ async fn catchup_once(env: &Env, cmp: &mut Compare, i: usize) -> Result<()> {
     Ok(())
 }
 
-pub async fn steady(env: &Env, _rep: &mut Report, cmp: &mut Compare) -> Result<()> {
+pub async fn steady(env: &Env, rep: &mut Report, cmp: &mut Compare) -> Result<()> {
     let o = env.opts.clone();
     for &rate in &o.rates {
         let conns = if rate > 5000.0 {
@@ -94,11 +94,22 @@ pub async fn steady(env: &Env, _rep: &mut Report, cmp: &mut Compare) -> Result<(
         };
         for kind in CONTENDERS {
             let agg = format!("s{}{}", rate as u64, kind.key());
-            let s = measure::steady(env, kind, &agg, rate, o.seconds, conns).await?;
-            cmp.steady
-                .entry(rate as u64)
-                .or_default()
-                .insert(kind.key().into(), s.json);
+            match measure::steady(env, kind, &agg, rate, o.seconds, conns).await {
+                Ok(s) => {
+                    cmp.steady
+                        .entry(rate as u64)
+                        .or_default()
+                        .insert(kind.key().into(), s.json);
+                }
+                Err(e) => {
+                    eprintln!("[e2e] {} at {rate}/s failed: {e:#}", kind.name());
+                    rep.row(
+                        "steady",
+                        &format!("{} at {rate}/s failed", kind.name()),
+                        format!("{e:#}").lines().next().unwrap_or("").to_string(),
+                    );
+                }
+            }
         }
         let f = crate::floor(env, &format!("bare.s{}", rate as u64), rate, o.seconds).await?;
         cmp.steady
@@ -109,18 +120,30 @@ pub async fn steady(env: &Env, _rep: &mut Report, cmp: &mut Compare) -> Result<(
     Ok(())
 }
 
-pub async fn max_rate(env: &Env, _rep: &mut Report, cmp: &mut Compare) -> Result<()> {
+pub async fn max_rate(env: &Env, rep: &mut Report, cmp: &mut Compare) -> Result<()> {
     let o = env.opts.clone();
     for kind in CONTENDERS {
-        let m = measure::max_rate(
+        match measure::max_rate(
             env,
             kind,
             &o.max_rates,
             o.max_rate_seconds,
             o.max_rate_conns,
         )
-        .await?;
-        cmp.max.insert(kind.key().into(), m);
+        .await
+        {
+            Ok(m) => {
+                cmp.max.insert(kind.key().into(), m);
+            }
+            Err(e) => {
+                eprintln!("[e2e] {} max rate failed: {e:#}", kind.name());
+                rep.row(
+                    "maxrate",
+                    &format!("{} failed", kind.name()),
+                    format!("{e:#}").lines().next().unwrap_or("").to_string(),
+                );
+            }
+        }
     }
     Ok(())
 }
