@@ -1,41 +1,53 @@
-//! End-to-end benchmark on a real PostgreSQL 15 and a Kafka-protocol broker
-//! (tansu, plus librdkafka's mock cluster), with the real relay binary.
+//! End-to-end benchmark on a real PostgreSQL 15 and Apache Kafka 4.1 (a
+//! single KRaft node from `tests/support/broker.rs`), with the real relay
+//! binary.
 //!
 //! ```text
-//! cargo bench --bench e2e -- [--events N] [--rate R] [--seconds S] [--quick]
-//! scripts/bench.sh [same flags]        # release build + this
+//! cargo bench --bench e2e -- [--events N] [--rate R] [--seconds S] [--repeat K] [--quick]
+//! scripts/bench.sh [same flags]                   # release build + this
+//! scripts/bench.sh --against debezium [flags]     # the Debezium comparison (issue 10)
 //! ```
 //!
-//! Parts, all in one run (`--only catchup,memory,steady,mock,polling` to pick):
+//! Default parts (`--only catchup,steady,polling,memory` to pick):
 //!
-//! 1. **catch-up** — N outbox rows (default 1,000,000, `--txn-rows` per
-//!    transaction) are committed while the relay is stopped, after two
-//!    pgoutput slots were created. Timed: `pg_recvlogical` draining the
-//!    second slot to a file (`--endpos` = WAL position after the preload),
-//!    the relay from process start until its checkpoint table covers the
-//!    last preloaded commit, and a bare rdkafka producer (the relay's
-//!    producer settings) sending the same N messages (size, keys, 7 headers).
-//! 2. **memory** — peak RSS of the relay (VmHWM / sampled VmRSS) during
-//!    catch-up and while relaying one transaction of `--big-rows` ×
-//!    `--big-row-bytes` (default 200,000 × 1 KiB ≈ 200 MB).
-//! 3. **steady** — single-row transactions at `--rate` for `--seconds`
-//!    through the relay to tansu; commit → consumer-receive latency (commit
-//!    as the client saw it, and the `commit_timestamp` header), the relay's
-//!    own `outbox_relay_end_to_end_latency_seconds` from `/metrics` when
-//!    exported, and the broker floor: a bare producer at the same rate,
-//!    produce → ack and produce → receive.
-//! 4. **mock** — the same against `rdkafka::mocking::MockCluster` (kept alive
-//!    in this process; the relay connects to its loopback listener).
-//! 5. **polling** — the same load through the polling relay of
+//! 1. **catchup** — N outbox rows (default 1,000,000, `--txn-rows` per
+//!    transaction) are committed while the relay is stopped, after a second
+//!    pgoutput slot was created. Timed: `pg_recvlogical` draining that slot
+//!    to a file (`--endpos` = the WAL position after the backlog); the relay
+//!    from process start until **the broker holds the last message** (sum of
+//!    the topic's end offsets = N; with acks=all those are acknowledged and
+//!    readable), and separately until its checkpoint table covers the last
+//!    commit; a bare rdkafka producer (the relay's producer settings) sending
+//!    the same N messages (size, keys, 7 headers) until the last ack. CPU:
+//!    the relay's utime+stime from /proc per event, next to the broker JVM's.
+//! 2. **steady** — single-row transactions at `--rate` for `--seconds`
+//!    through the relay, a consumer attached to its topic: transaction start
+//!    and commit (as the load generator saw them) and the relay's
+//!    `commit_timestamp` header (PostgreSQL's commit time) → the broker's
+//!    append time (topics use `message.timestamp.type=LogAppendTime`: no
+//!    consumer clock involved), and commit → consumer receive. The broker
+//!    floor: a bare producer at the same rate, produce → ack, → append,
+//!    → receive. "Added" latency is relay minus floor at the same quantile.
+//! 3. **polling** — the same load through the polling relay of
 //!    `e2e_parts/polling.rs` at its default interval and at 100 ms.
-//! 6. **database cost** — statements per relayed event from
-//!    `pg_stat_statements` (preloaded via `ALTER SYSTEM` + restart), by role:
-//!    the relay runs as `postgres`, the poller as `poller`, everything the
-//!    benchmark itself does as `bench`.
+//! 4. **memory** — the relay's RSS idle and through one transaction of
+//!    `--big-rows` × `--big-row-bytes` (default 200,000 × 1 KiB ≈ 200 MB).
 //!
-//! Prints a markdown table and writes JSON to `$CARGO_TARGET_DIR/bench/e2e.json`
-//! (default `target/bench/e2e.json`). Without `--bench` in its arguments (as
-//! under `cargo test --all-targets`) it prints one line and exits.
+//! Database cost (statements per event by role, `pg_stat_statements`) rides
+//! along: the relay runs as `postgres`, the poller as `poller`, everything
+//! the benchmark does as `bench`.
+//!
+//! `--repeat K` (default 3, 1 with `--quick`) repeats catch-up and steady;
+//! the table shows the median with the spread (min–max) of every run.
+//!
+//! `--against debezium` runs the comparison instead (`e2e_parts/compare.rs`):
+//! the relay and Debezium (PostgreSQL connector + Outbox Event Router in a
+//! Kafka Connect standalone worker, jars in `$DEBEZIUM_LIBS`), one at a time
+//! on the same backlog, PostgreSQL and broker.
+//!
+//! Prints markdown and writes JSON to `$CARGO_TARGET_DIR/bench/e2e.json`
+//! (`debezium.json` for the comparison). Without `--bench` in its arguments
+//! (as under `cargo test --all-targets`) it prints one line and exits.
 //!
 //! Conditions worth knowing when reading the numbers:
 //!
@@ -44,67 +56,64 @@
 //!   commit returns before its WAL is flushed, and logical walsenders only
 //!   send flushed WAL, so every event would wait for the WAL writer (up to
 //!   200 ms). Before each latency part the outbox tables are vacuumed and a
-//!   checkpoint is forced, so autovacuum after the bulk parts does not land
-//!   in the measurement.
-//! * Everything shares the machine: PostgreSQL, the broker, the relay, the
-//!   load generator and the consumers. Each part reports machine CPU busy %
-//!   and the CPU seconds of the relay, its walsender and the broker.
-//! * Latency is measured on one monotonic clock in this process: the load
-//!   generator timestamps the moment a commit returned, the consumer the
-//!   moment a message arrived (µs). The broker floor goes through the same
-//!   consumer, so "added" latency is relay minus floor at the same quantile.
-//!   The relay's own commit → ack histogram (millisecond timestamps, buckets
-//!   0.5/1/2.5/5/10/25 ms) is compared with the bare producer's produce →
-//!   ack for the "added latency" verdict, with exact shares per bucket bound
-//!   next to the interpolated quantiles; the consumer side is the fallback.
-//! * Consumers run only against the mock cluster by default (`--consumers
-//!   tansu,mock` adds tansu): tansu 0.6's fetch path slows down as a topic
-//!   grows — in a 60 s run at 2,000/s consumers saw p95 ≈ 11 s and the broker
-//!   burnt ~0.9 core — which ruins the consumer-side numbers and steals CPU
-//!   from the relay. Without a consumer, delivery is confirmed by the relay's
-//!   checkpoint covering the WAL. Each measurement on tansu gets a fresh,
-//!   empty broker for the same reason.
+//!   checkpoint is forced.
+//! * The broker is one KRaft node with the harness's small JVM (`-Xmx512m`,
+//!   serial GC, C1 only). One broker serves the whole run; every measurement
+//!   writes a topic of its own.
+//! * Everything shares the 2 cores: PostgreSQL, the broker, the contender,
+//!   the load generator and the consumer. Each part reports machine CPU busy
+//!   % and the CPU seconds of the contender and the broker, and whether
+//!   other builds or tests were running.
 //!
-//! Knobs for experiments (not needed for a normal run):
-//! `--relay-toml 'TOML'` merges into the relay's config (e.g.
-//! `'[kafka]\nmax-in-flight = 50000'`); `--repeat K` repeats the catch-up and
-//! reports the median; `E2E_PRODUCER_PROPS=k=v,…` changes the bare and polling
-//! producers; `E2E_PERF=DIR` records `perf record -a -g` while each relay runs;
+//! Knobs for experiments: `--relay-toml 'TOML'` merges into the relay's
+//! config (e.g. `'[kafka]\nmax-in-flight = 50000'`);
+//! `E2E_PRODUCER_PROPS=k=v,…` changes the bare and polling producers;
+//! `E2E_PERF=DIR` records `perf record -a -g` while each relay runs;
 //! `E2E_RELAY_LOG` sets the relay's log filter; `OUTBOX_RELAY_BIN` runs
-//! another relay binary.
+//! another relay binary; `CONNECT_JAVA_OPTS` the Connect JVM's options.
 
+#[path = "e2e_parts/compare.rs"]
+mod compare;
+#[path = "e2e_parts/connect.rs"]
+mod connect;
 #[path = "e2e_parts/harness.rs"]
 mod harness;
 #[path = "e2e_parts/load.rs"]
 mod load;
+#[path = "e2e_parts/measure.rs"]
+mod measure;
 #[path = "e2e_parts/polling.rs"]
 mod polling;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use outbox_relay::sink::message::format_lsn;
-use rdkafka::mocking::MockCluster;
+use rdkafka::consumer::BaseConsumer;
 use serde_json::{json, Map, Value};
 use tokio_postgres::Client;
 
 use harness::{ProcSample, Relay, Statements};
 use load::{Clock, Dist};
+use measure::Kind;
 use support::broker::Broker;
 use support::postgres::PgCluster;
 
 const USAGE: &str =
-    "usage: cargo bench --bench e2e -- [--events N] [--rate R] [--seconds S] [--quick]
+    "usage: cargo bench --bench e2e -- [--events N] [--rate R] [--seconds S] [--quick] [--repeat K]
   [--txn-rows N] [--payload-bytes N] [--big-rows N] [--big-row-bytes N] [--partitions N]
   [--poll-interval-ms N] [--fast-poll-interval-ms N] [--poll-batch N] [--load-conns N]
-  [--fetch-wait-ms N] [--repeat N (catch-up runs, median reported)]
-  [--consumers mock|tansu,mock|none (where commit→receive is measured)] [--only catchup,memory,steady,mock,polling] [--relay-toml TOML]";
+  [--fetch-wait-ms N] [--only catchup,steady,polling,memory] [--relay-toml TOML]
+  [--against debezium [--rates 2000,10000] [--max-rates 2000,5000,10000,15000,20000]
+   [--max-rate-seconds 60] [--max-rate-conns N]]";
 
 #[derive(Debug, Clone)]
-struct Opts {
+pub struct Opts {
     events: u64,
     rate: f64,
     seconds: f64,
@@ -119,10 +128,21 @@ struct Opts {
     load_conns: usize,
     fetch_wait_ms: u32,
     repeat: usize,
-    consumers: Vec<String>,
     only: Vec<String>,
     relay_toml: String,
+    against: Vec<String>,
+    rates: Vec<f64>,
+    max_rates: Vec<f64>,
+    max_rate_seconds: f64,
+    max_rate_conns: usize,
     args: Vec<String>,
+}
+
+fn list(v: String) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 impl Opts {
@@ -142,12 +162,18 @@ impl Opts {
             poll_batch: 100,
             load_conns: 4,
             fetch_wait_ms: 10,
-            repeat: 1,
-            consumers: vec!["mock".into()],
-            only: ["catchup", "memory", "steady", "mock", "polling"]
-                .map(String::from)
-                .to_vec(),
+            repeat: if quick { 1 } else { 3 },
+            only: Vec::new(),
             relay_toml: String::new(),
+            against: Vec::new(),
+            rates: vec![2000.0, 10000.0],
+            max_rates: if quick {
+                vec![2000.0, 5000.0]
+            } else {
+                vec![2000.0, 5000.0, 10000.0, 15000.0, 20000.0]
+            },
+            max_rate_seconds: if quick { 8.0 } else { 60.0 },
+            max_rate_conns: 12,
             args: args.iter().filter(|a| *a != "--bench").cloned().collect(),
         };
         let mut it = args.into_iter();
@@ -173,6 +199,15 @@ impl Opts {
                         .with_context(|| format!("{flag}: not a number"))?
                 };
             }
+            macro_rules! nums {
+                () => {
+                    list(val()?)
+                        .iter()
+                        .map(|s| s.replace('_', "").parse::<f64>())
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .with_context(|| format!("{flag}: not a list of numbers"))?
+                };
+            }
             match flag.as_str() {
                 "--events" => o.events = num!(),
                 "--rate" => o.rate = num!(),
@@ -188,11 +223,13 @@ impl Opts {
                 "--load-conns" => o.load_conns = num!(),
                 "--fetch-wait-ms" => o.fetch_wait_ms = num!(),
                 "--repeat" => o.repeat = num!(),
-                "--consumers" => {
-                    o.consumers = val()?.split(',').map(|s| s.trim().to_string()).collect()
-                }
-                "--only" => o.only = val()?.split(',').map(|s| s.trim().to_string()).collect(),
+                "--only" => o.only = list(val()?),
                 "--relay-toml" => o.relay_toml = val()?.replace("\\n", "\n"),
+                "--against" => o.against = list(val()?),
+                "--rates" => o.rates = nums!(),
+                "--max-rates" => o.max_rates = nums!(),
+                "--max-rate-seconds" => o.max_rate_seconds = num!(),
+                "--max-rate-conns" => o.max_rate_conns = num!(),
                 "--help" | "-h" => bail!("{USAGE}"),
                 _ => bail!("unknown argument {a:?}\n{USAGE}"),
             }
@@ -203,6 +240,18 @@ impl Opts {
         if o.payload_bytes < 32 || o.big_row_bytes < 32 {
             bail!("--payload-bytes and --big-row-bytes must be >= 32");
         }
+        if let Some(x) = o.against.iter().find(|a| *a != "debezium") {
+            bail!("--against {x}: only `debezium` is known");
+        }
+        if o.only.is_empty() {
+            o.only = if o.against.is_empty() {
+                ["catchup", "steady", "polling", "memory"]
+                    .map(String::from)
+                    .to_vec()
+            } else {
+                ["catchup", "steady", "maxrate"].map(String::from).to_vec()
+            };
+        }
         Ok(o)
     }
 
@@ -211,7 +260,7 @@ impl Opts {
     }
 
     /// `pad` so that the jsonb payload text is about `bytes` long.
-    fn pad(bytes: usize) -> usize {
+    pub fn pad(bytes: usize) -> usize {
         bytes.saturating_sub(24)
     }
 }
@@ -245,14 +294,14 @@ fn main() {
 
 /// Table rows and JSON, filled by the parts.
 #[derive(Default)]
-struct Report {
+pub struct Report {
     rows: Vec<[String; 3]>,
     json: Map<String, Value>,
     targets: Vec<[String; 4]>,
 }
 
 impl Report {
-    fn row(&mut self, part: &str, metric: &str, value: impl Into<String>) {
+    pub fn row(&mut self, part: &str, metric: &str, value: impl Into<String>) {
         self.rows
             .push([part.to_string(), metric.to_string(), value.into()]);
         println!(
@@ -261,7 +310,7 @@ impl Report {
         );
     }
 
-    fn target(&mut self, what: &str, goal: &str, measured: String, ok: Option<bool>) {
+    pub fn target(&mut self, what: &str, goal: &str, measured: String, ok: Option<bool>) {
         let verdict = match ok {
             Some(true) => "met",
             Some(false) => "MISSED",
@@ -273,13 +322,18 @@ impl Report {
 }
 
 /// Everything a part needs.
-struct Env {
+pub struct Env {
     opts: Opts,
     pg: PgCluster,
     broker: Broker,
+    /// The broker's client listener.
+    bootstrap: String,
+    /// A group-less client for end offsets.
+    offsets: Arc<BaseConsumer>,
+    topics: Mutex<HashSet<String>>,
     dir: tempfile::TempDir,
     /// The benchmark's own connection (role `bench`, database `app`).
-    ctl: std::sync::Arc<Client>,
+    ctl: Arc<Client>,
     bench_url: String,
     poller_url: String,
     relay_url: String,
@@ -288,17 +342,20 @@ struct Env {
 }
 
 impl Env {
-    /// Replace the broker with a fresh one holding only `topics`. tansu's
-    /// in-memory storage slows down as it fills (fetches of a topic cost
-    /// more CPU and time with every stored message; after the 1M-event
-    /// catch-up consumers wait seconds), so every measurement gets its own
-    /// empty broker.
-    async fn fresh_broker(&mut self, topics: &[&str]) {
-        let b = Broker::start().await;
-        for t in topics {
-            support::kafka::create_topic(&b.bootstrap(), t, self.opts.partitions).await;
+    /// Create `name` (once) with `--partitions` partitions and the broker's
+    /// append time as the record timestamp.
+    pub async fn topic(&self, name: &str) -> Result<()> {
+        if !self.topics.lock().expect("topics").insert(name.to_string()) {
+            return Ok(());
         }
-        self.broker = b;
+        support::kafka::create_topic_with(
+            &self.bootstrap,
+            name,
+            self.opts.partitions,
+            &[("message.timestamp.type", "LogAppendTime")],
+        )
+        .await;
+        Ok(())
     }
 
     fn config_path(&self) -> PathBuf {
@@ -325,14 +382,14 @@ impl Env {
 }
 
 /// Samples a process's RSS and CPU every 20 ms until stopped.
-struct Sampler {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+pub struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
     join: std::thread::JoinHandle<ProcSample>,
 }
 
 impl Sampler {
-    fn start(pid: u32) -> Sampler {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    pub fn start(pid: u32) -> Sampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s = stop.clone();
         let join = std::thread::spawn(move || {
             let mut sample = ProcSample::default();
@@ -346,21 +403,72 @@ impl Sampler {
         Sampler { stop, join }
     }
 
-    fn finish(self) -> ProcSample {
+    pub fn finish(self) -> ProcSample {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.join.join().unwrap_or_default()
+    }
+}
+
+/// Median, min and max of `v` (None when empty).
+pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    Some((m, v[0], v[v.len() - 1]))
+}
+
+/// `12,345/s (11,900–12,800, 3 runs)` style cell.
+pub fn spread_cell(v: &[f64], fmt: impl Fn(f64) -> String) -> String {
+    match spread(v) {
+        None => "n/a".into(),
+        Some((m, lo, hi)) if v.len() > 1 => {
+            format!("{} ({}–{}, {} runs)", fmt(m), fmt(lo), fmt(hi), v.len())
+        }
+        Some((m, _, _)) => fmt(m),
+    }
+}
+
+pub fn spread_json(v: &[f64]) -> Value {
+    match spread(v) {
+        None => Value::Null,
+        Some((m, lo, hi)) => json!({"median": m, "min": lo, "max": hi, "runs": v}),
+    }
+}
+
+/// `12,345` with thousands separators.
+pub fn thousands(v: f64) -> String {
+    let s = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 {
+        format!("-{out}")
+    } else {
+        out
     }
 }
 
 async fn run(opts: Opts) -> Result<()> {
     let started = Instant::now();
     let clock = Clock::new();
-    let mut rep = Report {
-        rows: Vec::new(),
-        json: Map::new(),
-        targets: Vec::new(),
+    let mut rep = Report::default();
+    let compare_mode = !opts.against.is_empty();
+    let command = if compare_mode {
+        format!("scripts/bench.sh {}", opts.args.join(" "))
+    } else {
+        format!("cargo bench --bench e2e -- {}", opts.args.join(" "))
     };
-    let command = format!("cargo bench --bench e2e -- {}", opts.args.join(" "));
     rep.json.insert("command".into(), json!(command.trim()));
     rep.json.insert("machine".into(), harness::machine());
     rep.json.insert(
@@ -370,18 +478,49 @@ async fn run(opts: Opts) -> Result<()> {
                "big_rows": opts.big_rows, "big_row_bytes": opts.big_row_bytes,
                "partitions": opts.partitions, "poll_interval_ms": opts.poll_interval_ms,
                "fast_poll_interval_ms": opts.fast_poll_interval_ms, "poll_batch": opts.poll_batch,
-               "load_conns": opts.load_conns, "fetch_wait_ms": opts.fetch_wait_ms, "repeat": opts.repeat, "consumers": opts.consumers,
+               "load_conns": opts.load_conns, "fetch_wait_ms": opts.fetch_wait_ms,
+               "repeat": opts.repeat, "only": opts.only, "against": opts.against,
+               "rates": opts.rates, "max_rates": opts.max_rates,
+               "max_rate_seconds": opts.max_rate_seconds, "max_rate_conns": opts.max_rate_conns,
                "relay_toml": opts.relay_toml, "relay_bin": harness::relay_bin()}),
     );
+    if compare_mode && connect::libs().is_none() {
+        bail!("--against debezium needs DEBEZIUM_LIBS (scripts/bench.sh --against debezium fetches the jars)");
+    }
 
-    let mut env = setup(opts.clone(), clock).await?;
+    let env = setup(opts.clone(), clock).await?;
     let pg_version: String = env.ctl.query_one("SHOW server_version", &[]).await?.get(0);
     if let Some(m) = rep.json.get_mut("machine").and_then(Value::as_object_mut) {
         m.insert("postgresql".into(), json!(pg_version));
-        m.insert("broker".into(), json!("tansu 0.6.0 (memory storage)"));
+        m.insert(
+            "broker".into(),
+            json!(format!(
+                "Apache Kafka {} (1 KRaft node, -Xmx512m, serial GC, C1)",
+                support::broker::KAFKA_VERSION
+            )),
+        );
+        if let Some(libs) = connect::libs() {
+            let (c, d) = connect::versions(&libs);
+            m.insert("kafka_connect".into(), json!(c));
+            m.insert("debezium".into(), json!(d));
+            m.insert(
+                "connect_java_opts".into(),
+                json!(connect::java_opts().join(" ")),
+            );
+        }
+        let java = std::process::Command::new("java")
+            .arg("-version")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .next()
+                    .map(str::to_string)
+            });
+        m.insert("java".into(), json!(java));
     }
 
-    let mut relay_means = RelayMeans::default();
     let mut failures = Vec::new();
     macro_rules! part {
         ($name:literal, $e:expr) => {
@@ -392,14 +531,17 @@ async fn run(opts: Opts) -> Result<()> {
                 let result = $e;
                 let after = harness::foreign_activity();
                 let busy = |v: &Value| v["build_or_test_processes"].as_u64().unwrap_or(0);
-                if busy(&before) + busy(&after) > 0 {
+                let load = |v: &Value| v["loadavg_1m"].as_f64().unwrap_or(0.0);
+                if busy(&before) + busy(&after) > 0 || load(&before).max(load(&after)) > 2.5 {
                     rep.row(
                         "note",
-                        &format!("{}: other builds/tests were running", $name),
+                        &format!("{}: machine load", $name),
                         format!(
-                            "{} processes at start, {} at end (numbers are skewed)",
+                            "{} other build/test processes at start, {} at end; load average {:.1} → {:.1} (numbers are skewed)",
                             busy(&before),
-                            busy(&after)
+                            busy(&after),
+                            load(&before),
+                            load(&after)
                         ),
                     );
                 }
@@ -417,20 +559,30 @@ async fn run(opts: Opts) -> Result<()> {
             }
         };
     }
-    part!("catchup", catchup(&mut env, &mut rep).await);
-    part!("memory", memory(&mut env, &mut rep).await);
-    part!("steady", {
-        steady_tansu(&mut env, &mut rep)
-            .await
-            .map(|m| relay_means = m)
-    });
-    part!("mock", mock(&mut env, &mut rep).await);
-    part!("polling", polling(&mut env, &mut rep, relay_means).await);
+    let mut relay_mean = RelayLatency::default();
+    if compare_mode {
+        let mut cmp = compare::Compare::default();
+        part!("catchup", compare::catchup(&env, &mut rep, &mut cmp).await);
+        part!("steady", compare::steady(&env, &mut rep, &mut cmp).await);
+        part!("maxrate", compare::max_rate(&env, &mut rep, &mut cmp).await);
+        compare::finish(&env, &mut rep, &cmp);
+    } else {
+        part!("catchup", catchup(&env, &mut rep).await);
+        part!("steady", {
+            steady(&env, &mut rep).await.map(|m| relay_mean = m)
+        });
+        part!("polling", polling(&env, &mut rep, relay_mean).await);
+        part!("memory", memory(&env, &mut rep).await);
+    }
 
     rep.json
         .insert("elapsed_s".into(), json!(started.elapsed().as_secs_f64()));
     print_report(&rep, &command);
-    let path = json_path();
+    let path = json_path(if compare_mode {
+        "debezium.json"
+    } else {
+        "e2e.json"
+    });
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -450,22 +602,21 @@ async fn run(opts: Opts) -> Result<()> {
     Ok(())
 }
 
-/// `$CARGO_TARGET_DIR/bench/e2e.json`, else the target dir this bench
-/// binary lives in (`…/target/release/deps/e2e-…`).
-fn json_path() -> PathBuf {
+/// `$CARGO_TARGET_DIR/bench/NAME`, else the target dir this bench binary
+/// lives in (`…/target/release/deps/e2e-…`).
+fn json_path(name: &str) -> PathBuf {
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(t).join("bench/e2e.json");
+        return PathBuf::from(t).join("bench").join(name);
     }
     std::env::current_exe()
         .ok()
         .and_then(|e| e.ancestors().nth(3).map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("target"))
-        .join("bench/e2e.json")
+        .join("bench")
+        .join(name)
 }
 
 async fn setup(opts: Opts, clock: Clock) -> Result<Env> {
-    // The first broker only answers `init`'s reachability check; every
-    // part starts its own (Env::fresh_broker).
     let (mut pg, broker) = tokio::join!(PgCluster::start(), Broker::start());
     {
         let c = pg.client().await;
@@ -488,7 +639,7 @@ async fn setup(opts: Opts, clock: Clock) -> Result<Env> {
     let bench_url = pg.url_for("app", "bench", "bench");
     let poller_url = pg.url_for("app", "poller", "poller");
     let relay_url = pg.url_db("app");
-    let ctl = std::sync::Arc::new(support::postgres::connect(&bench_url).await?);
+    let ctl = Arc::new(support::postgres::connect(&bench_url).await?);
     if let Err(e) = ctl
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .await
@@ -498,10 +649,14 @@ async fn setup(opts: Opts, clock: Clock) -> Result<Env> {
     let dir = tempfile::Builder::new()
         .prefix("outbox-bench-")
         .tempdir_in("/tmp")?;
+    let bootstrap = broker.bootstrap();
     let env = Env {
+        offsets: Arc::new(load::offsets_client(&bootstrap)?),
+        bootstrap,
         opts,
         pg,
         broker,
+        topics: Mutex::new(HashSet::new()),
         dir,
         ctl,
         bench_url,
@@ -513,7 +668,7 @@ async fn setup(opts: Opts, clock: Clock) -> Result<Env> {
     harness::write_config(
         &env.config_path(),
         &env.relay_url,
-        &env.broker.bootstrap(),
+        &env.bootstrap,
         support::free_port(),
         &env.opts.relay_toml,
     )?;
@@ -524,11 +679,19 @@ async fn setup(opts: Opts, clock: Clock) -> Result<Env> {
              CREATE INDEX ON public.outbox_poll (status, created_at, id)",
         )
         .await?;
-    let b = env.broker.bootstrap();
+    if !env.opts.against.is_empty() {
+        // Debezium's own publication, inserts only like the relay's.
+        env.ctl
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE public.outbox WITH (publish = 'insert')",
+                connect::PUBLICATION
+            ))
+            .await?;
+    }
     eprintln!(
-        "[e2e] PostgreSQL {} · tansu {} · work dir {}",
+        "[e2e] PostgreSQL {} · Apache Kafka {} · work dir {}",
         env.pg.port(),
-        b,
+        env.bootstrap,
         env.dir.path().display()
     );
     Ok(env)
@@ -536,11 +699,63 @@ async fn setup(opts: Opts, clock: Clock) -> Result<Env> {
 
 // ------------------------------------------------------------------ catch-up
 
-fn preload_sql(n: u64, txn_rows: u64, pad: usize) -> String {
+/// A backlog committed while every contender was stopped.
+pub struct Backlog {
+    pub agg: String,
+    pub n: u64,
+    pub txns: u64,
+    /// WAL position after the backlog (pg_recvlogical's --endpos).
+    pub end_pos: u64,
+    pub wal_bytes: u64,
+    pub preload_s: f64,
+}
+
+/// Write `n` rows of `agg` after creating pg_recvlogical's slot (and, when
+/// comparing, a fresh Debezium slot) and moving the relay's slot to now:
+/// every slot then holds exactly this backlog.
+pub async fn preload(env: &Env, agg: &str, with_dbz: bool) -> Result<Backlog> {
+    let n = env.opts.events;
+    let c = &*env.ctl;
+    env.skip_slot("outbox_relay").await?;
+    // A failed run may have left pg_recvlogical's slot behind.
+    c.batch_execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name = 'bench_recv'",
+    )
+    .await?;
+    c.batch_execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
+        .await?;
+    if with_dbz {
+        env.recreate_dbz_slot().await?;
+    }
+    let before = harness::insert_lsn(c).await?;
+    let t = Instant::now();
+    c.batch_execute(&preload_sql(
+        agg,
+        n,
+        env.opts.txn_rows,
+        Opts::pad(env.opts.payload_bytes),
+    ))
+    .await
+    .context("preload")?;
+    let preload_s = t.elapsed().as_secs_f64();
+    let end_pos = harness::insert_lsn(c).await?;
+    c.batch_execute("CHECKPOINT").await?;
+    Ok(Backlog {
+        agg: agg.to_string(),
+        n,
+        txns: n.div_ceil(env.opts.txn_rows),
+        end_pos,
+        wal_bytes: end_pos - before,
+        preload_s,
+    })
+}
+
+fn preload_sql(agg: &str, n: u64, txn_rows: u64, pad: usize) -> String {
     format!(
         "DO $$ DECLARE i bigint := 0; BEGIN WHILE i < {n} LOOP \
          INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, event_data, headers) \
-         SELECT 'catchup', 'agg-' || (g % 1000), 'BenchEvent', \
+         SELECT '{agg}', 'agg-' || (g % 1000), 'BenchEvent', \
          jsonb_build_object('n', g, 'pad', repeat('x', {pad})), '{h}'::jsonb \
          FROM generate_series(i + 1, LEAST(i + {txn_rows}, {n})) g; \
          i := i + {txn_rows}; COMMIT; END LOOP; END $$",
@@ -600,107 +815,10 @@ fn scan_pgoutput(buf: &[u8]) -> Option<(u64, u64, u64)> {
     Some((inserts, commits, last_end))
 }
 
-fn recvlogical_bin() -> PathBuf {
-    let p = PathBuf::from("/usr/bin/pg_recvlogical");
-    if p.exists() {
-        return p;
-    }
-    PathBuf::from("/usr/lib/postgresql/15/bin/pg_recvlogical")
-}
-
-fn children_cpu() -> f64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-async fn catchup(env: &mut Env, rep: &mut Report) -> Result<()> {
-    let mut runs = Vec::new();
-    for i in 0..env.opts.repeat {
-        if env.opts.repeat > 1 {
-            eprintln!("[e2e] catch-up run {} of {}", i + 1, env.opts.repeat);
-        }
-        runs.push(catchup_once(env).await?);
-    }
-    let ratio = |r: &Report| r.json["catchup"]["ratio_relay_over_pg_recvlogical"].as_f64();
-    let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by(|a, b| {
-        ratio(&runs[*a])
-            .unwrap_or(0.0)
-            .total_cmp(&ratio(&runs[*b]).unwrap_or(0.0))
-    });
-    let median = order[order.len() / 2];
-    let peak = runs
-        .iter()
-        .filter_map(|r| r.json["catchup"]["relay"]["peak_rss_mib"].as_f64())
-        .fold(0.0, f64::max);
-    let all: Vec<String> = runs
-        .iter()
-        .map(|r| format!("{:.2}", ratio(r).unwrap_or(0.0)))
-        .collect();
-    let chosen = runs.swap_remove(median);
-    let r = ratio(&chosen).unwrap_or(0.0);
-    rep.rows.extend(chosen.rows);
-    if all.len() > 1 {
-        rep.row(
-            "catch-up",
-            "ratio relay / pg_recvlogical, every run (median shown above)",
-            all.join(", "),
-        );
-    }
-    rep.target(
-        "catch-up rate",
-        "≥ 0.6 × pg_recvlogical",
-        format!("{r:.2} ×{}", if all.len() > 1 { " (median)" } else { "" }),
-        Some(r >= 0.6),
-    );
-    rep.target(
-        "peak RSS, catch-up",
-        "≤ 64 MB",
-        format!("{peak:.1} MiB"),
-        Some(peak <= 64.0),
-    );
-    let mut j = chosen.json["catchup"].clone();
-    j["all_runs"] = json!(runs
-        .iter()
-        .map(|r| r.json["catchup"].clone())
-        .collect::<Vec<_>>());
-    j["ratio_every_run"] = json!(all);
-    rep.json.insert("catchup".into(), j);
-    Ok(())
-}
-
-/// One catch-up measurement; its rows and JSON in a report of its own.
-async fn catchup_once(env: &mut Env) -> Result<Report> {
-    let mut rep = Report::default();
-    let rep = &mut rep;
-    let n = env.opts.events;
-    let pad = Opts::pad(env.opts.payload_bytes);
-    let ctl = env.ctl.clone();
-    let c = &*ctl;
-    c.batch_execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
-        .await?;
-    let before = harness::insert_lsn(c).await?;
-    let t = Instant::now();
-    c.batch_execute(&preload_sql(n, env.opts.txn_rows, pad))
-        .await
-        .context("preload")?;
-    let preload_s = t.elapsed().as_secs_f64();
-    let end_pos = harness::insert_lsn(c).await?;
-    let txns = n.div_ceil(env.opts.txn_rows);
-    rep.row(
-        "catch-up",
-        "backlog",
-        format!(
-            "{n} rows in {txns} transactions ({} rows/txn, payload {} B), {:.0} MB WAL, preloaded in {preload_s:.1} s",
-            env.opts.txn_rows,
-            env.opts.payload_bytes,
-            (end_pos - before) as f64 / 1e6
-        ),
-    );
-
-    // pg_recvlogical drains the second slot.
+/// `pg_recvlogical` drains its slot (created by [`preload`]) to a file, then
+/// the slot is dropped. Returns (events/s, end LSN of the last commit, JSON).
+pub async fn recvlogical(env: &Env, b: &Backlog) -> Result<(f64, u64, Value)> {
+    let c = &*env.ctl;
     let file = env.dir.path().join("recvlogical.bin");
     let cpu0 = children_cpu();
     let t = Instant::now();
@@ -724,7 +842,7 @@ async fn catchup_once(env: &mut Env) -> Result<Report> {
             "0",
         ])
         .arg("--endpos")
-        .arg(format_lsn(end_pos))
+        .arg(format_lsn(b.end_pos))
         .arg("-f")
         .arg(&file)
         .args([
@@ -746,11 +864,11 @@ async fn catchup_once(env: &mut Env) -> Result<Report> {
         if let Some(pid) = harness::walsender_pid(c, "bench_recv").await? {
             ws.sample(pid);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let recv_s = t.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
     let recv_cpu = children_cpu() - cpu0;
-    let recv_machine = cpu.finish();
+    let machine = cpu.finish();
     if !status.success() {
         bail!("pg_recvlogical exited with {status}");
     }
@@ -759,126 +877,227 @@ async fn catchup_once(env: &mut Env) -> Result<Report> {
     let _ = std::fs::remove_file(&file);
     c.batch_execute("SELECT pg_drop_replication_slot('bench_recv')")
         .await?;
-    let recv_rate = n as f64 / recv_s;
-    let (recv_inserts, last_end) = match scan {
-        Some((ins, _, end)) => (Some(ins), Some(end)),
-        None => (None, None),
+    let rate = b.n as f64 / secs;
+    let (inserts, last_end) = match scan {
+        Some((ins, _, end)) => (Some(ins), end),
+        None => (None, b.end_pos.saturating_sub(64)),
     };
-    if recv_inserts.is_some_and(|i| i != n) {
-        eprintln!("[e2e] pg_recvlogical wrote {recv_inserts:?} inserts, expected {n}");
+    if inserts.is_some_and(|i| i != b.n) {
+        eprintln!(
+            "[e2e] pg_recvlogical wrote {inserts:?} inserts, expected {}",
+            b.n
+        );
     }
-    rep.row(
-        "catch-up",
-        "pg_recvlogical (pgoutput → file)",
-        format!(
-            "{recv_rate:.0} events/s ({recv_s:.2} s, {:.0} MB out, inserts seen {}; CPU: pg_recvlogical {recv_cpu:.1} s, walsender {:.1} s, {})",
-            bytes.len() as f64 / 1e6,
-            recv_inserts.map_or("?".into(), |i| i.to_string()),
-            ws.cpu().unwrap_or(0.0),
-            harness::cpu_cell(&recv_machine)
-        ),
+    eprintln!(
+        "[e2e] pg_recvlogical: {} events in {secs:.2} s = {rate:.0}/s",
+        b.n
     );
+    Ok((
+        rate,
+        last_end,
+        json!({"seconds": secs, "events_per_s": rate, "bytes": bytes.len(),
+            "inserts_seen": inserts, "cpu_s": recv_cpu, "walsender_cpu_s": ws.cpu(),
+            "machine": machine}),
+    ))
+}
 
-    // The relay drains its slot.
-    let target = last_end.unwrap_or(end_pos.saturating_sub(64));
-    Statements::reset(c).await;
-    env.fresh_broker(&["outbox.catchup"]).await;
+/// A bare rdkafka producer (the relay's settings) sends `n` messages shaped
+/// like the relay's to a topic of its own: first send → last ack (after a
+/// warm-up that gets the producer id).
+pub async fn bare_burst(env: &Env, topic: &str, n: u64) -> Result<(f64, Value)> {
+    env.topic(topic).await?;
     let cpu = harness::PhaseCpu::start(&[("broker", env.broker.pid())]);
-    let t = Instant::now();
-    let mut relay = env.start_relay(&env.broker.bootstrap())?;
-    let sampler = Sampler::start(relay.pid());
-    let mut ws = ProcSample::default();
-    let mut streaming_at = None;
-    let deadline = Instant::now() + Duration::from_secs(120 + n / 2000);
-    loop {
-        relay.check_alive()?;
-        if harness::checkpoint_lsn(c).await? >= target {
-            break;
+    let (b, t, pad) = (
+        env.bootstrap.clone(),
+        topic.to_string(),
+        Opts::pad(env.opts.payload_bytes),
+    );
+    let secs = tokio::task::spawn_blocking(move || load::bare_burst(&b, &t, n, pad)).await??;
+    let machine = cpu.finish();
+    let held = env.end_offsets(topic).await?;
+    let rate = n as f64 / secs;
+    eprintln!("[e2e] bare producer: {n} events in {secs:.2} s = {rate:.0}/s");
+    Ok((
+        rate,
+        json!({"seconds": secs, "events_per_s": rate, "broker_end_offsets_after": held,
+               "broker_cpu_s": machine["broker_cpu_s"], "machine": machine}),
+    ))
+}
+
+/// One catch-up run: backlog, pg_recvlogical, the relay, the bare producer.
+async fn catchup_once(env: &Env, i: usize) -> Result<Value> {
+    let b = preload(env, &format!("catchup{i}"), false).await?;
+    Statements::reset(&env.ctl).await;
+    let (recv_rate, last_end, recv_json) = recvlogical(env, &b).await?;
+    Statements::reset(&env.ctl).await;
+    let relay = measure::drain(env, Kind::Relay, &b.agg, b.n, last_end).await?;
+    let stmts = Statements::of_role(&env.ctl, "postgres").await;
+    let (bare_rate, bare_json) = bare_burst(env, &format!("bare.catchup{i}"), b.n).await?;
+    Ok(json!({
+        "events": b.n, "transactions": b.txns, "wal_bytes": b.wal_bytes, "preload_s": b.preload_s,
+        "pg_recvlogical": recv_json, "relay": relay.json, "bare_producer": bare_json,
+        "relay_statements": stmts.json(b.n, relay.json["seconds"].as_f64().unwrap_or(1.0)),
+        "relay_statements_cell": stmt_cell(&stmts, b.n),
+        "ratio_relay_over_pg_recvlogical": relay.events_per_s / recv_rate,
+        "ratio_relay_over_bare_producer": relay.events_per_s / bare_rate,
+    }))
+}
+
+async fn catchup(env: &Env, rep: &mut Report) -> Result<()> {
+    let mut runs = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..env.opts.repeat {
+        eprintln!("[e2e] catch-up run {} of {}", i + 1, env.opts.repeat);
+        match catchup_once(env, i).await {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("[e2e] catch-up run {} failed: {e:#}", i + 1);
+                errors.push(format!("run {}: {e:#}", i + 1));
+            }
         }
-        if let Some(pid) = harness::walsender_pid(c, "outbox_relay").await? {
-            streaming_at.get_or_insert_with(|| t.elapsed().as_secs_f64());
-            ws.sample(pid);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "relay did not checkpoint {} within the deadline; log {}",
-                format_lsn(target),
-                relay.log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let relay_s = t.elapsed().as_secs_f64();
-    let relay_machine = cpu.finish();
-    let sample = sampler.finish();
-    let stmts = Statements::of_role(c, "postgres").await;
-    relay.stop(Duration::from_secs(30));
-    let relay_rate = n as f64 / relay_s;
-    let startup_s = streaming_at.unwrap_or(0.0);
-    let streaming_rate = n as f64 / (relay_s - startup_s).max(1e-9);
+    if runs.is_empty() {
+        bail!("every catch-up run failed: {}", errors.join("; "));
+    }
+    if !errors.is_empty() {
+        rep.row("catch-up", "failed runs (left out)", errors.join("; "));
+    }
+
+    let col = |path: &[&str]| -> Vec<f64> {
+        runs.iter()
+            .filter_map(|r| {
+                let mut v = r;
+                for p in path {
+                    v = &v[*p];
+                }
+                v.as_f64()
+            })
+            .collect()
+    };
+    let rate = |v: f64| format!("{}/s", thousands(v));
+    let secs = |v: f64| format!("{v:.2} s");
+    let r0 = &runs[0];
+    let part = "catch-up";
     rep.row(
-        "catch-up",
-        "relay (start → all acked + checkpointed)",
+        part,
+        "backlog",
         format!(
-            "{relay_rate:.0} events/s ({relay_s:.2} s, of which {startup_s:.2} s process start → streaming; {streaming_rate:.0} events/s once streaming; CPU: relay {:.1} s, walsender {:.1} s, {})",
-            sample.cpu().unwrap_or(0.0),
-            ws.cpu().unwrap_or(0.0),
-            harness::cpu_cell(&relay_machine)
+            "{} rows in {} transactions ({} rows/txn, payload {} B, 7 headers), {:.0} MB WAL, preloaded in {:.1} s",
+            thousands(env.opts.events as f64),
+            thousands(r0["transactions"].as_f64().unwrap_or(0.0)),
+            env.opts.txn_rows,
+            env.opts.payload_bytes,
+            r0["wal_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            r0["preload_s"].as_f64().unwrap_or(0.0)
         ),
     );
-
-    // The bare producer sends the same messages.
-    env.fresh_broker(&["bare.catchup"]).await;
-    let bootstrap = env.broker.bootstrap();
-    let bare_s =
-        tokio::task::spawn_blocking(move || load::bare_burst(&bootstrap, "bare.catchup", n, pad))
-            .await??;
-    let bare_rate = n as f64 / bare_s;
     rep.row(
-        "catch-up",
-        "bare rdkafka producer (same messages)",
-        format!("{bare_rate:.0} events/s ({bare_s:.2} s)"),
+        part,
+        "pg_recvlogical (pgoutput → file), events/s",
+        spread_cell(&col(&["pg_recvlogical", "events_per_s"]), rate),
     );
-    let r_recv = relay_rate / recv_rate;
-    let r_bare = relay_rate / bare_rate;
     rep.row(
-        "catch-up",
+        part,
+        "relay: process start → broker holds the last event (end offsets = N), events/s",
+        spread_cell(&col(&["relay", "events_per_s"]), rate),
+    );
+    rep.row(
+        part,
+        "relay: seconds (start → all on the broker · → checkpoint covers the last commit · start → first event)",
+        format!(
+            "{} · {} · {}",
+            spread_cell(&col(&["relay", "seconds"]), secs),
+            spread_cell(&col(&["relay", "checkpoint_covers_last_commit_s"]), secs),
+            spread_cell(&col(&["relay", "first_event_s"]), secs)
+        ),
+    );
+    rep.row(
+        part,
+        "bare rdkafka producer, same messages (first send → last ack), events/s",
+        spread_cell(&col(&["bare_producer", "events_per_s"]), rate),
+    );
+    let ratio = |v: f64| format!("{v:.2}");
+    rep.row(
+        part,
         "ratio relay / pg_recvlogical",
-        format!("{r_recv:.2}"),
+        spread_cell(&col(&["ratio_relay_over_pg_recvlogical"]), ratio),
     );
     rep.row(
-        "catch-up",
+        part,
         "ratio relay / bare producer",
-        format!("{r_bare:.2}"),
+        spread_cell(&col(&["ratio_relay_over_bare_producer"]), ratio),
+    );
+    let us = |v: f64| format!("{v:.1} µs");
+    rep.row(
+        part,
+        "CPU per event (utime+stime from /proc): relay · broker JVM",
+        format!(
+            "{} · {}",
+            spread_cell(&col(&["relay", "cpu_us_per_event"]), us),
+            spread_cell(&col(&["relay", "broker_cpu_us_per_event"]), us)
+        ),
     );
     rep.row(
-        "memory",
+        part,
+        "CPU seconds: relay · its walsender · pg_recvlogical · its walsender",
+        format!(
+            "{} · {} · {} · {}",
+            spread_cell(&col(&["relay", "cpu_s"]), secs),
+            spread_cell(&col(&["relay", "walsender_cpu_s"]), secs),
+            spread_cell(&col(&["pg_recvlogical", "cpu_s"]), secs),
+            spread_cell(&col(&["pg_recvlogical", "walsender_cpu_s"]), secs)
+        ),
+    );
+    let mib = |v: f64| format!("{v:.1} MiB");
+    rep.row(
+        part,
         "relay peak RSS during catch-up",
-        format!("{:.1} MiB", sample.peak_mib()),
+        spread_cell(&col(&["relay", "peak_rss_mib"]), mib),
+    );
+    rep.row(
+        part,
+        "machine busy during the relay's drain",
+        spread_cell(&col(&["relay", "machine", "machine_busy_pct"]), |v| {
+            format!("{v:.0} %")
+        }),
     );
     rep.row(
         "db cost",
-        "relay statements during catch-up",
-        stmt_cell(&stmts, n),
+        "relay statements during catch-up (first run)",
+        r0["relay_statements_cell"].as_str().unwrap_or("n/a"),
+    );
+    let (r, _, _) = spread(&col(&["ratio_relay_over_pg_recvlogical"])).unwrap_or_default();
+    rep.target(
+        "catch-up rate",
+        "≥ 0.6 × pg_recvlogical",
+        format!("{r:.2} × (median)"),
+        Some(r >= 0.6),
+    );
+    let peak = col(&["relay", "peak_rss_mib"])
+        .into_iter()
+        .fold(0.0, f64::max);
+    rep.target(
+        "peak RSS, catch-up",
+        "≤ 64 MB",
+        format!("{peak:.1} MiB (highest run)"),
+        Some(peak <= 64.0),
     );
     rep.json.insert(
         "catchup".into(),
         json!({
-            "events": n, "transactions": txns, "wal_bytes": end_pos - before, "preload_s": preload_s,
-            "pg_recvlogical": {"seconds": recv_s, "events_per_s": recv_rate, "bytes": bytes.len(),
-                "inserts_seen": recv_inserts, "cpu_s": recv_cpu, "walsender_cpu_s": ws.cpu(),
-                "machine": recv_machine},
-            "relay": {"seconds": relay_s, "events_per_s": relay_rate, "cpu_s": sample.cpu(),
-                "startup_s": startup_s, "events_per_s_once_streaming": streaming_rate,
-                "machine": relay_machine,
-                "walsender_cpu_s": ws.cpu(), "peak_rss_mib": sample.peak_mib(),
-                "statements": stmts.json(n, relay_s)},
-            "bare_producer": {"seconds": bare_s, "events_per_s": bare_rate},
-            "ratio_relay_over_pg_recvlogical": r_recv,
-            "ratio_relay_over_bare_producer": r_bare,
+            "how": "relay and Debezium: process start until the sum of the topic's end offsets is N (acks=all: acknowledged and readable); bare producer: first send until the last ack; pg_recvlogical: start until it exits at --endpos",
+            "relay_events_per_s": spread_json(&col(&["relay", "events_per_s"])),
+            "pg_recvlogical_events_per_s": spread_json(&col(&["pg_recvlogical", "events_per_s"])),
+            "bare_producer_events_per_s": spread_json(&col(&["bare_producer", "events_per_s"])),
+            "ratio_relay_over_pg_recvlogical": spread_json(&col(&["ratio_relay_over_pg_recvlogical"])),
+            "ratio_relay_over_bare_producer": spread_json(&col(&["ratio_relay_over_bare_producer"])),
+            "relay_cpu_us_per_event": spread_json(&col(&["relay", "cpu_us_per_event"])),
+            "broker_cpu_us_per_event": spread_json(&col(&["relay", "broker_cpu_us_per_event"])),
+            "relay_peak_rss_mib": spread_json(&col(&["relay", "peak_rss_mib"])),
+            "runs": runs,
         }),
     );
-    Ok(std::mem::take(rep))
+    Ok(())
 }
 
 fn stmt_cell(s: &Statements, events: u64) -> String {
@@ -895,82 +1114,26 @@ fn stmt_cell(s: &Statements, events: u64) -> String {
     )
 }
 
-// -------------------------------------------------------------------- memory
-
-async fn memory(env: &mut Env, rep: &mut Report) -> Result<()> {
-    let rows = env.opts.big_rows;
-    let pad = Opts::pad(env.opts.big_row_bytes);
-    env.fresh_broker(&["outbox.big"]).await;
-    let mut relay = env.start_relay(&env.broker.bootstrap())?;
-    let sampler = Sampler::start(relay.pid());
-    harness::wait_streaming(&env.ctl, &mut relay).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = harness::rss_kib(relay.pid()).map_or(0.0, |x| x.0 as f64 / 1024.0);
-    let before = harness::insert_lsn(&env.ctl).await?;
-    let t = Instant::now();
-    env.ctl
-        .batch_execute(&format!(
-            "INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, event_data, headers) \
-             SELECT 'big', 'agg-' || (g % 1000), 'BenchEvent', \
-             jsonb_build_object('n', g, 'pad', repeat('x', {pad})), '{}'::jsonb \
-             FROM generate_series(1, {rows}) g",
-            load::ROW_HEADERS
-        ))
-        .await
-        .context("big transaction")?;
-    let insert_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let (end, ok) = wait_relayed(env, &mut relay, "big", Duration::from_secs(300)).await?;
-    if !ok {
-        bail!("relay did not checkpoint the big transaction within 300 s");
+fn recvlogical_bin() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/pg_recvlogical");
+    if p.exists() {
+        return p;
     }
-    let relay_s = t.elapsed().as_secs_f64();
-    let sample = sampler.finish();
-    relay.stop(Duration::from_secs(30));
-    let mb = (end - before) as f64 / 1e6;
-    rep.row(
-        "memory",
-        "relay RSS idle (streaming, caught up)",
-        format!("{idle:.1} MiB"),
-    );
-    rep.row(
-        "memory",
-        "relay peak RSS, one big transaction",
-        format!(
-            "{:.1} MiB ({rows} rows × {} B = {:.0} MB of WAL; relayed {relay_s:.1} s after commit, insert took {insert_s:.1} s)",
-            sample.peak_mib(),
-            env.opts.big_row_bytes,
-            mb
-        ),
-    );
-    rep.target(
-        "peak RSS, big transaction",
-        "≤ 128 MB",
-        format!("{:.1} MiB for {mb:.0} MB", sample.peak_mib()),
-        Some(sample.peak_mib() <= 128.0),
-    );
-    rep.json.insert(
-        "memory".into(),
-        json!({"idle_rss_mib": idle, "big_txn": {"rows": rows, "row_bytes": env.opts.big_row_bytes,
-            "wal_mb": mb, "insert_s": insert_s, "relay_s_after_commit": relay_s,
-            "peak_rss_mib": sample.peak_mib(), "relay_cpu_s": sample.cpu()}}),
-    );
-    Ok(())
+    PathBuf::from("/usr/lib/postgresql/15/bin/pg_recvlogical")
 }
 
-// ------------------------------------------------------------ steady / mock
-
-/// What a steady-state run through the relay measured.
-struct SteadyOut {
-    client: Option<Dist>,
-    header: Option<Dist>,
-    metrics_e2e: Option<Value>,
-    json: Value,
+fn children_cpu() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
+
+// -------------------------------------------------------------------- steady
 
 /// Let PostgreSQL settle after bulk loads (autovacuum of the outbox, a
 /// checkpoint) so it does not stall the latency measurement.
-async fn quiesce(c: &Client) -> Result<()> {
+pub async fn quiesce(c: &Client) -> Result<()> {
     c.batch_execute("VACUUM (ANALYZE) public.outbox").await?;
     c.batch_execute("VACUUM (ANALYZE) public.outbox_poll")
         .await?;
@@ -978,531 +1141,310 @@ async fn quiesce(c: &Client) -> Result<()> {
     Ok(())
 }
 
-async fn relay_steady(
-    env: &mut Env,
-    brokers: &str,
-    agg: &str,
-    broker_pid: u32,
-    with_consumer: bool,
-    seconds: f64,
-) -> Result<SteadyOut> {
-    let o = env.opts.clone();
-    let topic = format!("outbox.{agg}");
-    quiesce(&env.ctl).await?;
-    let mut relay = env.start_relay(brokers)?;
-    let sampler = Sampler::start(relay.pid());
-    harness::wait_streaming(&env.ctl, &mut relay).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let consumer = if with_consumer {
-        Some(load::spawn_consumer(brokers, &topic, o.fetch_wait_ms, env.clock).await?)
-    } else {
-        None
-    };
-    // Warm-up: a few events end to end, so the relay's producer has its
-    // producer id and the consumer its fetch positions before measuring.
-    let warm = load::run_load(
-        &env.bench_url,
-        "public.outbox",
-        agg,
-        100.0,
-        0.2,
-        Opts::pad(o.payload_bytes),
-        1,
-        env.clock,
-    )
-    .await?
-    .commits
-    .len();
-    if !delivered(
-        env,
-        &mut relay,
-        consumer.as_ref(),
-        agg,
-        warm,
-        Duration::from_secs(30),
-    )
-    .await?
-    {
-        bail!("{agg}: warm-up events did not arrive within 30 s");
-    }
-    Statements::reset(&env.ctl).await;
-    let cpu = harness::PhaseCpu::start(&[("broker", broker_pid)]);
-    let load = load::run_load(
-        &env.bench_url,
-        "public.outbox",
-        agg,
-        o.rate,
-        seconds,
-        Opts::pad(o.payload_bytes),
-        o.load_conns,
-        env.clock,
-    )
-    .await?;
-    let n = load.commits.len();
-    let all = delivered(
-        env,
-        &mut relay,
-        consumer.as_ref(),
-        agg,
-        warm + n,
-        Duration::from_secs(60),
-    )
-    .await?;
-    let machine = cpu.finish();
-    let stmts = Statements::of_role(&env.ctl, "postgres").await;
-    relay.check_alive()?;
-    let scrape = harness::scrape(relay.metrics_port);
-    let metrics_e2e = scrape
-        .as_deref()
-        .and_then(|t| harness::metric_quantiles(t, "outbox_relay_end_to_end_latency_seconds"));
-    let metrics_produce = scrape
-        .as_deref()
-        .and_then(|t| harness::metric_quantiles(t, "outbox_relay_produce_latency_seconds"));
-    let recvs = consumer
-        .map(load::ConsumerHandle::finish)
-        .unwrap_or_default();
-    let sample = sampler.finish();
-    relay.stop(Duration::from_secs(30));
-    let (client, header, missing) = if with_consumer {
-        load::commit_to_receive(&load.commits, &recvs)
-    } else {
-        (None, None, 0)
-    };
-    if !all || missing > 0 {
-        eprintln!("[e2e] {agg}: not all of {n} events delivered within 60 s ({missing} missing at the consumer)");
-    }
-    let json = json!({
-        "events": n, "achieved_rate": load.rate(), "generator_max_behind_ms": load.max_behind_ms,
-        "missing": missing, "all_delivered": all, "consumer": with_consumer,
-        "commit_to_receive": load::opt_json(&client),
-        "commit_timestamp_header_to_receive": load::opt_json(&header),
-        "relay_metrics_end_to_end": metrics_e2e.clone().unwrap_or(Value::Null),
-        "relay_metrics_produce": metrics_produce.unwrap_or(Value::Null),
-        "metrics_endpoint": if scrape.is_some() { "up" } else { "absent" },
-        "relay_peak_rss_mib": sample.peak_mib(),
-        "relay_cpu_s": sample.cpu(),
-        "machine": machine,
-        "statements": stmts.json(n as u64, load.elapsed_s),
-    });
-    println!(
-        "[e2e] {agg}: load {:.0}/s (max behind schedule {:.1} ms), relay CPU {:.1} s, {}, statements: {}",
-        load.rate(),
-        load.max_behind_ms,
-        sample.cpu().unwrap_or(0.0),
-        harness::cpu_cell(&machine),
-        stmt_cell(&stmts, n as u64)
-    );
-    Ok(SteadyOut {
-        client,
-        header,
-        metrics_e2e,
-        json,
-    })
+/// The broker floor: a bare producer at `rate` for `seconds` to a topic of
+/// its own with a consumer attached: produce → ack, → append, → receive.
+pub struct Floor {
+    pub ack: Option<Dist>,
+    pub append: Option<Dist>,
+    pub receive: Option<Dist>,
+    pub json: Value,
 }
 
-/// Wait until `n` events of this relay run were delivered: counted by the
-/// consumer if there is one, else until the relay's checkpoint covers the
-/// WAL written so far (everything committed was acknowledged).
-async fn delivered(
-    env: &Env,
-    relay: &mut Relay,
-    consumer: Option<&load::ConsumerHandle>,
-    agg: &str,
-    n: usize,
-    deadline: Duration,
-) -> Result<bool> {
-    if let Some(c) = consumer {
-        return Ok(c.wait_for(n, deadline).await);
-    }
-    Ok(wait_relayed(env, relay, agg, deadline).await?.1)
-}
-
-/// Wait until the relay has checkpointed everything committed so far.
-///
-/// The WAL position after the last commit is no target by itself: other
-/// WAL (autovacuum after a bulk load, checkpoints, the relay's own writes)
-/// may follow it, and the relay's checkpoint only ever lands on the end of
-/// an outbox transaction. So: note the position `p`, commit one marker row
-/// (topic `outbox.{agg}`) after it, and wait until the checkpoint reaches
-/// `p` — only the marker's end can satisfy that, and the marker commits
-/// after everything before it. Returns (`p`, whether it was reached).
-async fn wait_relayed(
-    env: &Env,
-    relay: &mut Relay,
-    agg: &str,
-    deadline: Duration,
-) -> Result<(u64, bool)> {
-    let p = harness::insert_lsn(&env.ctl).await?;
-    env.ctl
-        .execute(&load::insert_sql("public.outbox"), &[&agg, &-1i64, &8i32])
-        .await
-        .context("marker row")?;
-    let end = Instant::now() + deadline;
-    while harness::checkpoint_lsn(&env.ctl).await? < p {
-        relay.check_alive()?;
-        if Instant::now() > end {
-            return Ok((p, false));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok((p, true))
-}
-
-/// The broker floor: a bare producer at the same rate.
-async fn floor(
-    env: &Env,
-    brokers: &str,
-    topic: &str,
-    seconds: f64,
-    with_consumer: bool,
-) -> Result<(Option<Dist>, Option<Dist>, Value)> {
+pub async fn floor(env: &Env, topic: &str, rate: f64, seconds: f64) -> Result<Floor> {
     let o = &env.opts;
-    let consumer = if with_consumer {
-        Some(load::spawn_consumer(brokers, topic, o.fetch_wait_ms, env.clock).await?)
-    } else {
-        None
-    };
-    let (b, t, rate, pad, clock) = (
-        brokers.to_string(),
+    env.topic(topic).await?;
+    let consumer = load::spawn_consumer(&env.bootstrap, topic, o.fetch_wait_ms, env.clock).await?;
+    let (b, t, pad, clock) = (
+        env.bootstrap.clone(),
         topic.to_string(),
-        o.rate,
         Opts::pad(o.payload_bytes),
         env.clock,
     );
-    let seen = consumer.as_ref().map_or_else(
-        || std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
-        load::ConsumerHandle::counter,
-    );
+    let seen = consumer.counter();
+    let cpu = harness::PhaseCpu::start(&[("broker", env.broker.pid())]);
     let (acks, sent) = tokio::task::spawn_blocking(move || {
         load::bare_rate(&b, &t, rate, seconds, pad, clock, &seen)
     })
     .await??;
-    let (recv, missing) = match consumer {
-        Some(c) => {
-            c.wait_for(sent.len() + load::WARM_UP as usize, Duration::from_secs(60))
-                .await;
-            let recvs = c.finish();
-            let (recv, _, missing) = load::commit_to_receive(&sent, &recvs);
-            (recv, missing)
-        }
-        None => (None, 0),
-    };
+    consumer
+        .wait_for(sent.len() + load::WARM_UP as usize, Duration::from_secs(60))
+        .await;
+    let machine = cpu.finish();
+    let recvs = consumer.finish();
+    let (receive, _, missing) = load::commit_to_receive(&sent, &recvs);
+    let (append, _) = load::to_append(&sent, &recvs);
     let ack = Dist::of_us(acks);
     let json = json!({"events": sent.len(), "produce_to_ack": load::opt_json(&ack),
-        "produce_to_receive": load::opt_json(&recv), "missing": missing});
-    Ok((ack, recv, json))
-}
-
-fn added(relay: &Option<Dist>, floor: &Option<Dist>) -> Option<(f64, f64, f64)> {
-    let (r, f) = (relay.as_ref()?, floor.as_ref()?);
-    Some((r.p50 - f.p50, r.p99 - f.p99, r.mean - f.mean))
+        "produce_to_append": load::opt_json(&append),
+        "produce_to_receive": load::opt_json(&receive), "missing": missing,
+        "broker_cpu_us_per_event": machine["broker_cpu_s"].as_f64().map(|c| c * 1e6 / sent.len().max(1) as f64),
+        "machine": machine});
+    Ok(Floor {
+        ack,
+        append,
+        receive,
+        json,
+    })
 }
 
 fn metric_ms(v: &Option<Value>, key: &str) -> Option<f64> {
     v.as_ref()?.get(key)?.as_f64()
 }
 
-fn metric_cell(v: &Option<Value>) -> String {
-    match v {
-        None => "not exported".into(),
-        Some(m) => {
-            let f = |k: &str| metric_ms(v, k).map_or("?".into(), load::ms);
-            format!(
-                "{} / {} / {} (mean {}; {} samples, {})",
-                f("p50_ms"),
-                f("p95_ms"),
-                f("p99_ms"),
-                f("mean_ms"),
-                m.get("count").and_then(Value::as_f64).unwrap_or(0.0),
-                m.get("kind").and_then(Value::as_str).unwrap_or("?")
-            )
-        }
-    }
+/// The relay's commit → append latency (ms, medians over the runs), for
+/// the polling comparison.
+#[derive(Default, Clone, Copy)]
+struct RelayLatency {
+    mean: Option<f64>,
+    p50: Option<f64>,
 }
 
-/// Exact shares from the relay's histogram bounds next to the bare
-/// producer's, since the interpolated quantiles are coarse.
-fn share_row(rep: &mut Report, part: &str, metrics_e2e: &Option<Value>, f_ack: &Option<Dist>) {
-    let Some(m) = metrics_e2e else {
-        return;
+/// Steady state through the relay and the bare floor, `--repeat` times.
+async fn steady(env: &Env, rep: &mut Report) -> Result<RelayLatency> {
+    let o = env.opts.clone();
+    let mut runs = Vec::new();
+    for i in 0..o.repeat {
+        eprintln!("[e2e] steady run {} of {}", i + 1, o.repeat);
+        Statements::reset(&env.ctl).await;
+        let s = measure::steady(
+            env,
+            Kind::Relay,
+            &format!("steady{i}"),
+            o.rate,
+            o.seconds,
+            o.load_conns,
+        )
+        .await?;
+        let stmts = Statements::of_role(&env.ctl, "postgres").await;
+        let f = floor(env, &format!("bare.steady{i}"), o.rate, o.seconds).await?;
+        let d = |x: &Option<Dist>, g: fn(&Dist) -> f64| x.as_ref().map(g);
+        let sub = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+        let p50 = |x: &Dist| x.p50;
+        let p99 = |x: &Dist| x.p99;
+        let mut j = s.json.clone();
+        if let Some(m) = j.as_object_mut() {
+            m.remove("cdf_start_to_append_ms");
+        }
+        runs.push(json!({
+            "relay": j,
+            "floor": f.json,
+            "statements": stmts.json(s.json["events"].as_u64().unwrap_or(0), o.seconds),
+            "statements_cell": stmt_cell(&stmts, s.json["events"].as_u64().unwrap_or(0)),
+            "added_append_p50_ms": sub(d(&s.commit_to_append, p50), d(&f.append, p50)),
+            "added_append_p99_ms": sub(d(&s.commit_to_append, p99), d(&f.append, p99)),
+            "added_receive_p50_ms": sub(d(&s.commit_to_receive, p50), d(&f.receive, p50)),
+            "added_receive_p99_ms": sub(d(&s.commit_to_receive, p99), d(&f.receive, p99)),
+            "added_ack_p50_ms": sub(metric_ms(&s.metrics_e2e, "p50_ms"), d(&f.ack, p50)),
+            "added_ack_p99_ms": sub(metric_ms(&s.metrics_e2e, "p99_ms"), d(&f.ack, p99)),
+            "cells": {
+                "start_to_append": load::opt_cell(&s.start_to_append),
+                "commit_to_append": load::opt_cell(&s.commit_to_append),
+                "header_to_append": load::opt_cell(&s.header_to_append),
+                "commit_to_receive": load::opt_cell(&s.commit_to_receive),
+                "floor_ack": load::opt_cell(&f.ack),
+                "floor_append": load::opt_cell(&f.append),
+                "floor_receive": load::opt_cell(&f.receive),
+            },
+            "mean_commit_to_append_ms": s.commit_to_append.as_ref().map(|x| x.mean),
+            "p50_commit_to_append_ms": s.commit_to_append.as_ref().map(|x| x.p50),
+        }));
+    }
+    let col = |path: &[&str]| -> Vec<f64> {
+        runs.iter()
+            .filter_map(|r| {
+                let mut v = r;
+                for p in path {
+                    v = &v[*p];
+                }
+                v.as_f64()
+            })
+            .collect()
     };
-    let cell = |b: &str, bf: f64| {
-        let relay = m["pct_within_ms"][b].as_f64();
-        let bare = f_ack
-            .as_ref()
-            .and_then(|d| d.within.iter().find(|x| x.0 == bf).map(|x| x.1));
+    let ms = |v: f64| load::ms(v);
+    let part = "steady";
+    let first = &runs[0];
+    rep.row(
+        part,
+        "load",
         format!(
-            "≤ {b} ms: relay {} % vs bare {} %",
-            relay.map_or("?".into(), |v| format!("{v:.2}")),
-            bare.map_or("?".into(), |v| format!("{v:.2}"))
+            "{} single-row txns/s for {} s from {} connections, consumer attached; achieved {}",
+            thousands(o.rate),
+            o.seconds,
+            o.load_conns,
+            spread_cell(&col(&["relay", "achieved_rate"]), |v| format!(
+                "{}/s",
+                thousands(v)
+            ))
+        ),
+    );
+    let q = |what: &str, p: &str| col(&["relay", what, p]);
+    let qf = |what: &str, p: &str| col(&["floor", what, p]);
+    let trio = |v50: Vec<f64>, v99: Vec<f64>, vmax: Vec<f64>| {
+        format!(
+            "p50 {} · p99 {} · max {}",
+            spread_cell(&v50, ms),
+            spread_cell(&v99, ms),
+            spread_cell(&vmax, ms)
+        )
+    };
+    for (label, key) in [
+        (
+            "relay: commit (client) → broker append time",
+            "commit_to_append",
+        ),
+        (
+            "relay: commit_timestamp header (PostgreSQL) → broker append time",
+            "commit_timestamp_header_to_append",
+        ),
+        (
+            "relay: transaction start → broker append time",
+            "start_to_append",
+        ),
+        (
+            "relay: commit (client) → consumer receive",
+            "commit_to_receive",
+        ),
+    ] {
+        rep.row(
+            part,
+            label,
+            trio(q(key, "p50_ms"), q(key, "p99_ms"), q(key, "max_ms")),
+        );
+    }
+    rep.row(
+        part,
+        "relay /metrics commit→ack (histogram, interpolated)",
+        trio(
+            col(&["relay", "relay_metrics_end_to_end", "p50_ms"]),
+            col(&["relay", "relay_metrics_end_to_end", "p99_ms"]),
+            Vec::new(),
+        ),
+    );
+    for (label, key) in [
+        ("bare producer: produce → ack", "produce_to_ack"),
+        (
+            "bare producer: produce → broker append time",
+            "produce_to_append",
+        ),
+        (
+            "bare producer: produce → consumer receive",
+            "produce_to_receive",
+        ),
+    ] {
+        rep.row(
+            part,
+            label,
+            trio(qf(key, "p50_ms"), qf(key, "p99_ms"), qf(key, "max_ms")),
+        );
+    }
+    let add = |k50: &str, k99: &str| {
+        format!(
+            "p50 {} · p99 {}",
+            spread_cell(&col(&[k50]), ms),
+            spread_cell(&col(&[k99]), ms)
         )
     };
     rep.row(
         part,
-        "share acked within (exact, histogram bounds)",
+        "added: relay commit→append − bare produce→append",
+        add("added_append_p50_ms", "added_append_p99_ms"),
+    );
+    rep.row(
+        part,
+        "added: relay commit→receive − bare produce→receive",
+        add("added_receive_p50_ms", "added_receive_p99_ms"),
+    );
+    rep.row(
+        part,
+        "added: relay /metrics commit→ack − bare produce→ack",
+        add("added_ack_p50_ms", "added_ack_p99_ms"),
+    );
+    let us = |v: f64| format!("{v:.1} µs");
+    rep.row(
+        part,
+        "CPU per event: relay · broker (relay run) · broker (bare run)",
         format!(
             "{} · {} · {}",
-            cell("2.5", 2.5),
-            cell("10", 10.0),
-            cell("25", 25.0)
-        ),
-    );
-}
-
-/// Where a steady-state measurement runs.
-#[derive(Clone, Copy, PartialEq)]
-enum Target {
-    /// A fresh tansu broker per measurement.
-    Tansu,
-    /// The mock cluster at this bootstrap address (topics created ahead).
-    Mock,
-}
-
-impl Target {
-    fn name(self) -> &'static str {
-        match self {
-            Target::Tansu => "tansu",
-            Target::Mock => "mock",
-        }
-    }
-}
-
-/// The brokers for one measurement: a fresh tansu with `topic`, or the mock.
-async fn brokers_for(env: &mut Env, t: Target, mock: &str, topic: &str) -> (String, u32) {
-    match t {
-        Target::Tansu => {
-            env.fresh_broker(&[topic]).await;
-            (env.broker.bootstrap(), env.broker.pid())
-        }
-        Target::Mock => (mock.to_string(), std::process::id()),
-    }
-}
-
-/// Commit → consumer receive for the relay and the bare producer, in a
-/// pass of its own (at most 20 s): the consumer's fetching costs CPU that
-/// would otherwise distort the commit → ack pass.
-async fn consumer_pass(
-    env: &mut Env,
-    rep: &mut Report,
-    t: Target,
-    mock: &str,
-) -> Result<(Option<f64>, Value)> {
-    let part = format!("steady ({}), consumer attached", t.name());
-    let secs = env.opts.seconds.min(20.0);
-    let agg = format!("{}c", t.name());
-    let (b, pid) = brokers_for(env, t, mock, &format!("outbox.{agg}")).await;
-    let s = relay_steady(env, &b, &agg, pid, true, secs).await?;
-    let bare_topic = format!("bare.{agg}");
-    let (b, _) = brokers_for(env, t, mock, &bare_topic).await;
-    let (_, f_recv, f_json) = floor(env, &b, &bare_topic, secs, true).await?;
-    rep.row(
-        &part,
-        &format!("relay commit→receive p50/p95/p99/max ({secs} s)"),
-        load::opt_cell(&s.client),
-    );
-    rep.row(
-        &part,
-        "relay commit_timestamp→receive",
-        load::opt_cell(&s.header),
-    );
-    rep.row(
-        &part,
-        "bare producer produce→receive",
-        load::opt_cell(&f_recv),
-    );
-    let add = added(&s.client, &f_recv);
-    if let Some((a50, a99, amean)) = add {
-        rep.row(
-            &part,
-            "added (relay commit→receive − bare produce→receive)",
-            format!(
-                "p50 {} · p99 {} · mean {}",
-                load::ms(a50),
-                load::ms(a99),
-                load::ms(amean)
-            ),
-        );
-    }
-    let mut j = s.json;
-    j["floor"] = f_json;
-    j["added"] = add.map_or(
-        Value::Null,
-        |(a, b, c)| json!({"p50_ms": a, "p99_ms": b, "mean_ms": c}),
-    );
-    Ok((s.client.map(|d| d.mean), j))
-}
-
-/// The commit → ack pass (no consumer) plus, if asked, the consumer pass.
-/// Returns (ack-side result, bare floor, consumer-side mean, JSON).
-async fn steady_on(
-    env: &mut Env,
-    rep: &mut Report,
-    t: Target,
-    mock: &str,
-) -> Result<(SteadyOut, Option<Dist>, Option<f64>, Value)> {
-    let part = format!("steady ({})", t.name());
-    let (b, pid) = brokers_for(env, t, mock, &format!("outbox.{}", t.name())).await;
-    let secs = env.opts.seconds;
-    let s = relay_steady(env, &b, t.name(), pid, false, secs).await?;
-    let bare_topic = format!("bare.{}", t.name());
-    let (b, _) = brokers_for(env, t, mock, &bare_topic).await;
-    let floor_secs = if t == Target::Mock {
-        secs.min(20.0)
-    } else {
-        secs
-    };
-    let (f_ack, _, f_json) = floor(env, &b, &bare_topic, floor_secs, false).await?;
-    rep.row(
-        &part,
-        "load",
-        format!(
-            "{} single-row txns/s for {secs} s (floor: {floor_secs} s)",
-            env.opts.rate
+            spread_cell(&col(&["relay", "cpu_us_per_event"]), us),
+            spread_cell(&col(&["relay", "broker_cpu_us_per_event"]), us),
+            spread_cell(&col(&["floor", "broker_cpu_us_per_event"]), us)
         ),
     );
     rep.row(
-        &part,
-        "relay /metrics commit→ack p50/p95/p99",
-        metric_cell(&s.metrics_e2e),
+        part,
+        "relay peak RSS",
+        spread_cell(&col(&["relay", "peak_rss_mib"]), |v| format!("{v:.1} MiB")),
     );
     rep.row(
-        &part,
-        "bare producer produce→ack p50/p95/p99/max",
-        load::opt_cell(&f_ack),
-    );
-    share_row(rep, &part, &s.metrics_e2e, &f_ack);
-    let add_ack = match (
-        metric_ms(&s.metrics_e2e, "p50_ms"),
-        metric_ms(&s.metrics_e2e, "p99_ms"),
-        &f_ack,
-    ) {
-        (Some(p50), Some(p99), Some(f)) => Some((p50 - f.p50, p99 - f.p99)),
-        _ => None,
-    };
-    if let Some((a50, a99)) = add_ack {
-        rep.row(
-            &part,
-            "added (relay commit→ack − bare produce→ack)",
-            format!("p50 {} · p99 {}", load::ms(a50), load::ms(a99)),
-        );
-    }
-    let mut j = s.json.clone();
-    j["floor"] = f_json;
-    j["added_ack_side"] = add_ack.map_or(Value::Null, |(a, b)| json!({"p50_ms": a, "p99_ms": b}));
-    let mut recv_mean = None;
-    if env.opts.consumers.iter().any(|c| c == t.name()) {
-        let (m, cj) = consumer_pass(env, rep, t, mock).await?;
-        recv_mean = m;
-        j["consumer_pass"] = cj;
-    }
-    Ok((s, f_ack, recv_mean, j))
-}
-
-/// Returns the relay's mean latencies for the polling ratio.
-async fn steady_tansu(env: &mut Env, rep: &mut Report) -> Result<RelayMeans> {
-    let (s, f_ack, recv_mean, j) = steady_on(env, rep, Target::Tansu, "").await?;
-    // Commit → ack (the relay's histogram) against produce → ack (the bare
-    // producer's delivery reports), as the issue defines it. The histogram
-    // is quantised (1 ms commit timestamps, buckets 0.5/1/2.5/5/10/25 ms);
-    // the shares per bucket bound in the table are exact.
-    let add = match (
-        metric_ms(&s.metrics_e2e, "p50_ms"),
-        metric_ms(&s.metrics_e2e, "p99_ms"),
-        &f_ack,
-    ) {
-        (Some(p50), Some(p99), Some(f)) => Some((p50 - f.p50, p99 - f.p99)),
-        _ => None,
-    };
-    let how = "relay /metrics commit→ack − bare produce→ack";
-    rep.target(
-        "added latency p50 (tansu, 2,000/s)",
-        "≤ 2 ms",
-        add.map_or("n/a (no /metrics)".into(), |v| {
-            format!("{} ({how})", load::ms(v.0))
+        part,
+        "machine busy (relay run)",
+        spread_cell(&col(&["relay", "machine", "machine_busy_pct"]), |v| {
+            format!("{v:.0} %")
         }),
-        add.map(|v| v.0 <= 2.0),
-    );
-    rep.target(
-        "added latency p99 (tansu, 2,000/s)",
-        "≤ 10 ms",
-        add.map_or("n/a (no /metrics)".into(), |v| {
-            format!("{} ({how})", load::ms(v.1))
-        }),
-        add.map(|v| v.1 <= 10.0),
     );
     rep.row(
         "db cost",
-        "relay statements, steady state",
-        j["statements"]["per_event"]
-            .as_f64()
-            .map_or("n/a".into(), |v| {
-                format!(
-                    "{v:.4}/event ({} checkpoint writes, other {:.4}/event)",
-                    j["statements"]["checkpoint_writes"],
-                    j["statements"]["other_per_event"].as_f64().unwrap_or(0.0)
-                )
-            }),
+        "relay statements, steady state (first run)",
+        first["statements_cell"].as_str().unwrap_or("n/a"),
     );
-    let other = j["statements"]["other_per_event"].as_f64();
+    let a50 = spread(&col(&["added_append_p50_ms"])).map(|x| x.0);
+    let a99 = spread(&col(&["added_append_p99_ms"])).map(|x| x.0);
+    let how = "median; relay commit→append − bare produce→append";
+    rep.target(
+        &format!("added latency p50 ({}/s)", thousands(o.rate)),
+        "≤ 2 ms",
+        a50.map_or("n/a".into(), |v| format!("{} ({how})", load::ms(v))),
+        a50.map(|v| v <= 2.0),
+    );
+    rep.target(
+        &format!("added latency p99 ({}/s)", thousands(o.rate)),
+        "≤ 10 ms",
+        a99.map_or("n/a".into(), |v| format!("{} ({how})", load::ms(v))),
+        a99.map(|v| v <= 10.0),
+    );
+    let other = first["statements"]["other_per_event"].as_f64();
     rep.target(
         "statements per event (relay)",
         "0 beyond the periodic checkpoint write",
         other.map_or("n/a".into(), |v| format!("{v:.4} other/event")),
         other.map(|v| v < 0.001),
     );
-    rep.json.insert("steady_tansu".into(), j);
-    Ok(RelayMeans {
-        receive: recv_mean,
-        ack: metric_ms(&s.metrics_e2e, "mean_ms"),
-    })
-}
-
-async fn mock(env: &mut Env, rep: &mut Report) -> Result<()> {
-    let cluster = MockCluster::new(1).context("mock cluster")?;
-    let brokers = cluster.bootstrap_servers();
-    for t in ["outbox.mock", "bare.mock", "outbox.mockc", "bare.mockc"] {
-        cluster.create_topic(t, env.opts.partitions, 1)?;
-    }
-    let (s, _, _, j) = steady_on(env, rep, Target::Mock, &brokers).await?;
-    let p99 = metric_ms(&s.metrics_e2e, "p99_ms");
-    rep.target(
-        "mock cluster commit→ack p99",
-        "≤ 10 ms",
-        p99.map_or("n/a (no /metrics)".into(), |v| {
-            format!("{} (relay /metrics commit→ack)", load::ms(v))
+    let mean = RelayLatency {
+        mean: spread(&col(&["mean_commit_to_append_ms"])).map(|x| x.0),
+        p50: spread(&col(&["p50_commit_to_append_ms"])).map(|x| x.0),
+    };
+    rep.json.insert(
+        "steady".into(),
+        json!({
+            "how": "single-row transactions; latency = broker LogAppendTime (1 ms resolution) − the load generator's commit (or start) time, or − the relay's commit_timestamp header; a consumer is attached for commit→receive",
+            "added_append_p50_ms": spread_json(&col(&["added_append_p50_ms"])),
+            "added_append_p99_ms": spread_json(&col(&["added_append_p99_ms"])),
+            "added_receive_p50_ms": spread_json(&col(&["added_receive_p50_ms"])),
+            "added_receive_p99_ms": spread_json(&col(&["added_receive_p99_ms"])),
+            "relay_cpu_us_per_event": spread_json(&col(&["relay", "cpu_us_per_event"])),
+            "runs": runs,
         }),
-        p99.map(|v| v <= 10.0),
     );
-    rep.json.insert("steady_mock".into(), j);
-    drop(cluster);
-    Ok(())
+    Ok(mean)
 }
 
 // ------------------------------------------------------------------- polling
 
-/// The relay's mean latencies (ms) from the steady tansu part: commit →
-/// consumer receive, and commit → ack from its `/metrics`.
-#[derive(Default, Clone, Copy)]
-struct RelayMeans {
-    receive: Option<f64>,
-    ack: Option<f64>,
-}
-
-async fn polling(env: &mut Env, rep: &mut Report, relay: RelayMeans) -> Result<()> {
+async fn polling(env: &Env, rep: &mut Report, relay: RelayLatency) -> Result<()> {
     let o = env.opts.clone();
     let mut results = Vec::new();
     for ms in [o.poll_interval_ms, o.fast_poll_interval_ms] {
         let topic = format!("poll.{ms}ms");
-        env.fresh_broker(&[&topic]).await;
-        let brokers = env.broker.bootstrap();
+        env.topic(&topic).await?;
         env.ctl.batch_execute("TRUNCATE public.outbox_poll").await?;
         quiesce(&env.ctl).await?;
-        let consumer = load::spawn_consumer(&brokers, &topic, o.fetch_wait_ms, env.clock).await?;
+        let consumer =
+            load::spawn_consumer(&env.bootstrap, &topic, o.fetch_wait_ms, env.clock).await?;
         Statements::reset(&env.ctl).await;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (url, b, t, clock) = (
             env.poller_url.clone(),
-            brokers.clone(),
+            env.bootstrap.clone(),
             topic.clone(),
             env.clock,
         );
@@ -1543,6 +1485,7 @@ async fn polling(env: &mut Env, rep: &mut Report, relay: RelayMeans) -> Result<(
         let stmts = Statements::of_role(&env.ctl, "poller").await;
         let recvs = consumer.finish();
         let (client, _, missing) = load::commit_to_receive(&load.commits, &recvs);
+        let (append, _) = load::to_append(&load.commits, &recvs);
         let (ack, _) = load::match_latency(&load.commits, &stats.acks);
         if !ok || missing > 0 {
             eprintln!("[e2e] polling {ms} ms: {missing} of {n} not received");
@@ -1550,8 +1493,8 @@ async fn polling(env: &mut Env, rep: &mut Report, relay: RelayMeans) -> Result<(
         let label = format!("polling relay, every {ms} ms, batch {}", o.poll_batch);
         rep.row(
             "polling",
-            &format!("{label}: commit→ack"),
-            load::opt_cell(&ack),
+            &format!("{label}: commit→append"),
+            load::opt_cell(&append),
         );
         rep.row(
             "polling",
@@ -1563,46 +1506,113 @@ async fn polling(env: &mut Env, rep: &mut Report, relay: RelayMeans) -> Result<(
             &format!("{label}: statements"),
             stmt_cell(&stmts, n as u64),
         );
-        let ratio = |p: &Option<Dist>, r: Option<f64>| match (p, r) {
+        let ratio = match (&append, relay.mean) {
             (Some(p), Some(r)) if r > 0.0 => Some(p.mean / r),
             _ => None,
         };
-        let ratio_ack = ratio(&ack, relay.ack);
-        let ratio_recv = ratio(&client, relay.receive);
+        let ratio50 = match (&append, relay.p50) {
+            (Some(p), Some(r)) if r > 0.0 => Some(p.p50 / r),
+            _ => None,
+        };
         rep.row(
             "polling",
-            &format!("{label}: mean latency polling / relay"),
+            &format!("{label}: commit→append, polling / relay"),
             format!(
-                "commit→ack {} · commit→receive {}",
-                ratio_ack.map_or("n/a".into(), |r| format!("{r:.0} ×")),
-                ratio_recv.map_or("n/a".into(), |r| format!("{r:.0} ×")),
+                "mean {} · p50 {}",
+                ratio.map_or("n/a".into(), |r| format!("{r:.0} ×")),
+                ratio50.map_or("n/a".into(), |r| format!("{r:.0} ×"))
             ),
         );
         if ms == o.poll_interval_ms {
-            let (r, how) = match ratio_ack {
-                Some(r) => (Some(r), "commit→ack"),
-                None => (ratio_recv, "commit→receive"),
-            };
             rep.target(
                 "mean latency, polling (default interval) / relay",
                 "≥ 100 ×",
-                r.map_or("n/a".into(), |r| format!("{r:.0} × ({how})")),
-                r.map(|r| r >= 100.0),
+                ratio.map_or("n/a".into(), |r| format!("{r:.0} × (commit→append)")),
+                ratio.map(|r| r >= 100.0),
             );
         }
         results.push(json!({
             "interval_ms": ms, "batch": o.poll_batch, "events": n, "missing": missing,
             "achieved_rate": load.rate(),
             "commit_to_ack": load::opt_json(&ack),
+            "commit_to_append": load::opt_json(&append),
             "commit_to_receive": load::opt_json(&client),
-            "mean_ratio_over_relay_ack": ratio_ack,
-            "mean_ratio_over_relay_receive": ratio_recv,
+            "mean_ratio_over_relay_append": ratio,
+            "p50_ratio_over_relay_append": ratio50,
             "polls": stats.polls, "batches": stats.batches, "published": stats.events,
             "machine": machine,
             "statements": stmts.json(n as u64, load.elapsed_s),
         }));
     }
     rep.json.insert("polling".into(), json!(results));
+    Ok(())
+}
+
+// -------------------------------------------------------------------- memory
+
+async fn memory(env: &Env, rep: &mut Report) -> Result<()> {
+    let rows = env.opts.big_rows;
+    let pad = Opts::pad(env.opts.big_row_bytes);
+    env.topic("outbox.big").await?;
+    env.skip_slot("outbox_relay").await?;
+    let mut relay = env.start_relay(&env.bootstrap)?;
+    let sampler = Sampler::start(relay.pid());
+    harness::wait_streaming(&env.ctl, &mut relay).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = harness::rss_kib(relay.pid()).map_or(0.0, |x| x.0 as f64 / 1024.0);
+    let before = harness::insert_lsn(&env.ctl).await?;
+    let t = Instant::now();
+    env.ctl
+        .batch_execute(&format!(
+            "INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, event_data, headers) \
+             SELECT 'big', 'agg-' || (g % 1000), 'BenchEvent', \
+             jsonb_build_object('n', g, 'pad', repeat('x', {pad})), '{}'::jsonb \
+             FROM generate_series(1, {rows}) g",
+            load::ROW_HEADERS
+        ))
+        .await
+        .context("big transaction")?;
+    let insert_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let end = Instant::now() + Duration::from_secs(300);
+    while (env.end_offsets("outbox.big").await? as u64) < rows {
+        relay.check_alive()?;
+        if Instant::now() > end {
+            bail!("relay did not deliver the big transaction within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let relay_s = t.elapsed().as_secs_f64();
+    let sample = sampler.finish();
+    relay.stop(Duration::from_secs(30));
+    let mb = (harness::insert_lsn(&env.ctl).await? - before) as f64 / 1e6;
+    rep.row(
+        "memory",
+        "relay RSS idle (streaming, caught up)",
+        format!("{idle:.1} MiB"),
+    );
+    rep.row(
+        "memory",
+        "relay peak RSS, one big transaction",
+        format!(
+            "{:.1} MiB ({rows} rows × {} B ≈ {:.0} MB of WAL; on the broker {relay_s:.1} s after commit, insert took {insert_s:.1} s)",
+            sample.peak_mib(),
+            env.opts.big_row_bytes,
+            mb
+        ),
+    );
+    rep.target(
+        "peak RSS, big transaction",
+        "≤ 128 MB",
+        format!("{:.1} MiB for {mb:.0} MB", sample.peak_mib()),
+        Some(sample.peak_mib() <= 128.0),
+    );
+    rep.json.insert(
+        "memory".into(),
+        json!({"idle_rss_mib": idle, "big_txn": {"rows": rows, "row_bytes": env.opts.big_row_bytes,
+            "wal_mb": mb, "insert_s": insert_s, "on_broker_s_after_commit": relay_s,
+            "peak_rss_mib": sample.peak_mib(), "relay_cpu_s": sample.cpu()}}),
+    );
     Ok(())
 }
 
@@ -1613,7 +1623,7 @@ fn print_report(rep: &Report, command: &str) {
     println!("\n## outbox-relay end-to-end benchmark\n");
     println!("Command: `{}`  ", command.trim());
     println!(
-        "Machine: {} × {}, {} GiB RAM, Linux {}; PostgreSQL {}; {}; librdkafka {}\n",
+        "Machine: {} × {}, {} GiB RAM, Linux {}; PostgreSQL {}; {}; librdkafka {}{}\n",
         m["nproc"],
         m["cpu_model"].as_str().unwrap_or("?"),
         m["memory_gib"],
@@ -1621,7 +1631,18 @@ fn print_report(rep: &Report, command: &str) {
         m["postgresql"].as_str().unwrap_or("?"),
         m["broker"].as_str().unwrap_or("?"),
         m["librdkafka"].as_str().unwrap_or("?"),
+        match (m["debezium"].as_str(), m["kafka_connect"].as_str()) {
+            (Some(d), Some(c)) => format!(
+                "; Debezium {d} in Kafka Connect {c} ({}; JVM opts {})",
+                m["java"].as_str().unwrap_or("?"),
+                m["connect_java_opts"].as_str().unwrap_or("?")
+            ),
+            _ => String::new(),
+        }
     );
+    if let Some(t) = rep.json.get("compare_table").and_then(Value::as_str) {
+        println!("{t}\n");
+    }
     println!("| Part | Metric | Value |\n|---|---|---|");
     for r in &rep.rows {
         println!("| {} | {} | {} |", r[0], r[1], r[2].replace('|', "/"));

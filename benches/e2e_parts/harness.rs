@@ -253,22 +253,6 @@ impl PhaseCpu {
     }
 }
 
-/// `busy 87% · broker 3.1 s` for the table.
-pub fn cpu_cell(v: &Value) -> String {
-    let mut parts = vec![format!(
-        "machine busy {:.0}%",
-        v["machine_busy_pct"].as_f64().unwrap_or(0.0)
-    )];
-    if let Some(m) = v.as_object() {
-        for (k, x) in m {
-            if let Some(n) = k.strip_suffix("_cpu_s") {
-                parts.push(format!("{n} {:.1} s", x.as_f64().unwrap_or(0.0)));
-            }
-        }
-    }
-    parts.join(", ")
-}
-
 /// Peak RSS and CPU of a process, sampled while a phase runs.
 #[derive(Default, Clone)]
 pub struct ProcSample {

@@ -1,6 +1,7 @@
 //! Load side of the end-to-end benchmark: a clock shared by every measuring
 //! thread, latency distributions, the rate-limited load generator, a
-//! timestamping consumer and the bare rdkafka producers that give the floors.
+//! timestamping consumer (receive time and the broker's LogAppendTime), the
+//! broker's end offsets, and the bare rdkafka producers that give the floors.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, Timestamp};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -48,6 +49,11 @@ impl Clock {
             Ok(d) => d.as_secs_f64() * 1e6,
             Err(e) => -e.duration().as_secs_f64() * 1e6,
         }
+    }
+
+    /// A broker timestamp (Unix milliseconds) on the clock.
+    pub fn unix_ms_us(&self, ms: i64) -> f64 {
+        self.sys_us(SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
     }
 }
 
@@ -151,6 +157,9 @@ pub fn insert_sql(table: &str) -> String {
 pub struct LoadResult {
     /// (row id, µs on the clock when the client saw the commit).
     pub commits: Timeline,
+    /// (row id, µs on the clock just before the INSERT was sent: the
+    /// single-statement transaction's start).
+    pub starts: Timeline,
     pub elapsed_s: f64,
     /// Worst lag behind the schedule (the generator could not keep up).
     pub max_behind_ms: f64,
@@ -175,6 +184,34 @@ pub async fn run_load(
     conns: usize,
     clock: Clock,
 ) -> Result<LoadResult> {
+    run_load_counted(
+        url,
+        table,
+        aggregate_type,
+        rate,
+        seconds,
+        pad,
+        conns,
+        clock,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await
+}
+
+/// [`run_load`] that counts commits in `committed` as they happen (for lag
+/// sampling while the load runs).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_load_counted(
+    url: &str,
+    table: &str,
+    aggregate_type: &str,
+    rate: f64,
+    seconds: f64,
+    pad: usize,
+    conns: usize,
+    clock: Clock,
+    committed: Arc<AtomicU64>,
+) -> Result<LoadResult> {
     let total = (rate * seconds).round() as u64;
     let next = Arc::new(AtomicU64::new(0));
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
@@ -185,9 +222,11 @@ pub async fn run_load(
             .context("load generator connect")?;
         let stmt = client.prepare(&insert_sql(table)).await?;
         let next = next.clone();
+        let committed = committed.clone();
         let agg = aggregate_type.to_string();
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
+            let mut starts = Vec::new();
             let mut behind = 0f64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -201,24 +240,31 @@ pub async fn run_load(
                         .saturating_duration_since(at)
                         .as_secs_f64(),
                 );
+                let sent = clock.now_us();
                 let row = client
                     .query_one(&stmt, &[&agg, &(i as i64), &(pad as i32)])
                     .await?;
-                out.push((row.get::<_, i64>(0), clock.now_us()));
+                let id = row.get::<_, i64>(0);
+                out.push((id, clock.now_us()));
+                starts.push((id, sent));
+                committed.fetch_add(1, Ordering::Relaxed);
             }
-            Ok::<_, anyhow::Error>((out, behind))
+            Ok::<_, anyhow::Error>((out, starts, behind))
         }));
     }
     let mut commits = Vec::with_capacity(total as usize);
+    let mut starts = Vec::with_capacity(total as usize);
     let mut max_behind = 0f64;
     for t in tasks {
-        let (c, b) = t.await??;
+        let (c, s, b) = t.await??;
         commits.extend(c);
+        starts.extend(s);
         max_behind = max_behind.max(b);
     }
     let elapsed_s = start.elapsed().as_secs_f64();
     Ok(LoadResult {
         commits,
+        starts,
         elapsed_s,
         max_behind_ms: max_behind * 1e3,
     })
@@ -234,18 +280,32 @@ pub struct Recv {
     pub recv_us: f64,
     /// The `commit_timestamp` header (RFC 3339) on the clock.
     pub header_ts_us: Option<f64>,
+    /// The broker's append time (topics with `message.timestamp.type=
+    /// LogAppendTime`; 1 ms resolution) on the clock.
+    pub append_us: Option<f64>,
 }
 
 /// A consumer thread reading every partition of a topic from the start.
 pub struct ConsumerHandle {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicUsize>,
+    /// The first message read (key, value, headers, timestamp type), to show
+    /// what a contender produces.
+    first: Arc<std::sync::Mutex<Option<Value>>>,
     join: Option<JoinHandle<Vec<Recv>>>,
 }
 
 impl ConsumerHandle {
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// The first message read, as JSON (Null before any).
+    pub fn sample(&self) -> Value {
+        self.first
+            .lock()
+            .map(|g| g.clone().unwrap_or(Value::Null))
+            .unwrap_or(Value::Null)
     }
 
     /// Shared count of messages received so far.
@@ -319,7 +379,8 @@ pub async fn spawn_consumer(
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
     let ready = Arc::new(AtomicBool::new(false));
-    let (s, c, r) = (stop.clone(), count.clone(), ready.clone());
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let (s, c, r, f) = (stop.clone(), count.clone(), ready.clone(), first.clone());
     let join = std::thread::Builder::new()
         .name("bench-consumer".into())
         .spawn(move || {
@@ -332,6 +393,10 @@ pub async fn spawn_consumer(
                 match consumer.poll(Duration::from_millis(50)) {
                     Some(Ok(m)) => {
                         let recv_us = clock.now_us();
+                        let append_us = match m.timestamp() {
+                            Timestamp::LogAppendTime(ms) => Some(clock.unix_ms_us(ms)),
+                            _ => None,
+                        };
                         let mut id = None;
                         let mut header_ts_us = None;
                         if let Some(h) = m.headers() {
@@ -348,11 +413,35 @@ pub async fn spawn_consumer(
                                 }
                             }
                         }
+                        if let Ok(mut g) = f.lock() {
+                            if g.is_none() {
+                                let text = |b: Option<&[u8]>| {
+                                    b.map(|b| String::from_utf8_lossy(b).into_owned())
+                                };
+                                let headers: Vec<Value> = m
+                                    .headers()
+                                    .map(|h| {
+                                        h.iter().map(|h| json!([h.key, text(h.value)])).collect()
+                                    })
+                                    .unwrap_or_default();
+                                *g = Some(json!({
+                                    "key": text(m.key()),
+                                    "value": text(m.payload()),
+                                    "headers": headers,
+                                    "timestamp_type": match m.timestamp() {
+                                        Timestamp::LogAppendTime(_) => "LogAppendTime",
+                                        Timestamp::CreateTime(_) => "CreateTime",
+                                        Timestamp::NotAvailable => "none",
+                                    },
+                                }));
+                            }
+                        }
                         if let Some(id) = id {
                             got.push(Recv {
                                 id,
                                 recv_us,
                                 header_ts_us,
+                                append_us,
                             });
                             c.fetch_add(1, Ordering::Relaxed);
                         }
@@ -370,6 +459,7 @@ pub async fn spawn_consumer(
     Ok(ConsumerHandle {
         stop,
         count,
+        first,
         join: Some(join),
     })
 }
@@ -400,6 +490,62 @@ pub fn commit_to_receive(
         }
     }
     (Dist::of_us(client), Dist::of_us(header), missing)
+}
+
+/// Latency from each `start` (id, µs on the clock) to the broker's append
+/// time of the first delivery of that id; (distribution, missing ids).
+pub fn to_append(start: &[(i64, f64)], recvs: &[Recv]) -> (Option<Dist>, usize) {
+    let ends: Vec<(i64, f64)> = recvs
+        .iter()
+        .filter_map(|r| Some((r.id, r.append_us?)))
+        .collect();
+    match_latency(start, &ends)
+}
+
+/// The relay's `commit_timestamp` header (PostgreSQL's commit time) → the
+/// broker's append time, over messages whose id is in `ids`.
+pub fn header_to_append(ids: &[(i64, f64)], recvs: &[Recv]) -> Option<Dist> {
+    let want: std::collections::HashSet<i64> = ids.iter().map(|x| x.0).collect();
+    let mut seen = std::collections::HashSet::new();
+    let v = recvs
+        .iter()
+        .filter(|r| want.contains(&r.id) && seen.insert(r.id))
+        .filter_map(|r| Some(r.append_us? - r.header_ts_us?))
+        .collect();
+    Dist::of_us(v)
+}
+
+/// Messages the broker holds in `topic`: the sum of its partitions' high
+/// watermarks (with acks=all, acknowledged and readable). Blocking.
+/// Transient answers (a new topic whose leader metadata has not spread
+/// yet: NotLeaderForPartition) are retried for up to 30 s.
+pub fn end_offsets(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<i64> {
+    let mut sum = 0;
+    for p in 0..partitions {
+        let end = Instant::now() + Duration::from_secs(30);
+        let high = loop {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+                Ok((_, high)) => break high,
+                Err(e) if Instant::now() < end => {
+                    eprintln!("[e2e] watermarks of {topic}/{p}: {e} (retrying)");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("watermarks of {topic}/{p}"));
+                }
+            }
+        };
+        sum += high;
+    }
+    Ok(sum)
+}
+
+/// A group-less client for [`end_offsets`].
+pub fn offsets_client(bootstrap: &str) -> Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()?)
 }
 
 /// Latency from each `start` (id, µs) to the matching `end` (first per id);
