@@ -67,7 +67,7 @@ async fn catchup_once(env: &Env, cmp: &mut Compare, i: usize) -> Result<()> {
         .or_default()
         .push(recv);
     // Alternate who goes first, so neither always meets a cold cache.
-    let order = if i % 2 == 0 {
+    let order = if i.is_multiple_of(2) {
         CONTENDERS
     } else {
         [Kind::Debezium, Kind::Relay]
