@@ -64,7 +64,7 @@ def main(src, dst):
     ax2.set_xticklabels(names, fontsize=8)
     ax2.set_ylabel("events/s")
     n = data.get("options", {}).get("events", 0)
-    ax2.set_title(f"Catch-up of {n:,} rows (start → last event on the broker)")
+    ax2.set_title(f"Catch-up of {n:,} rows\n(process start → last event on the broker)")
     ax2.grid(True, axis="y", alpha=0.3)
 
     m = data.get("machine", {})

@@ -101,7 +101,7 @@ impl Connect {
         let connector = dir.join("connector.properties");
         std::fs::write(&worker, fill(template("worker.properties")?))?;
         std::fs::write(&connector, fill(template("connector.properties")?))?;
-        let log4j = dir.join("log4j2.yaml");
+        let log4j = dir.join("log4j2.properties");
         std::fs::write(&log4j, LOG4J)?;
         let log = dir.join(format!(
             "connect-{}.log",
@@ -210,23 +210,16 @@ impl Drop for Connect {
     }
 }
 
-/// Warnings only, plus the lines that tell the worker and the task are up.
-const LOG4J: &str = r#"Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: org.apache.kafka.connect.runtime.WorkerSourceTask
-        level: INFO
-      - name: io.debezium.connector.postgresql.PostgresStreamingChangeEventSource
-        level: INFO
-      - name: org.apache.kafka.clients.producer.ProducerConfig
-        level: INFO
-"#;
+/// Warnings only, plus the producer's effective configuration. A properties
+/// file: log4j2 reads YAML only with jackson-dataformat-yaml, which Connect's
+/// classpath lacks.
+const LOG4J: &str = "status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.producer.name = org.apache.kafka.clients.producer.ProducerConfig
+logger.producer.level = info
+";

@@ -281,21 +281,22 @@ pub struct Steady {
 }
 
 impl Steady {
-    /// Whether the contender kept up: every event delivered, lag at the end
-    /// of the load under `max_lag_s` seconds' worth, and over the second half
-    /// of the run not growing by more than 2 % of the rate per second.
+    /// Whether the contender kept up: every event delivered, the lag at the
+    /// end of the load under `max_lag_s` seconds' worth, and the median lag
+    /// of the last third of the run at most one second's worth above that of
+    /// the first third (a spike that drains again is no growing lag). Also
+    /// returns the least-squares slope of the lag (events/s) for the record.
     pub fn sustained(&self, rate: f64, max_lag_s: f64) -> (bool, f64) {
-        let half: Vec<&(f64, i64)> = self
-            .lag
-            .iter()
-            .filter(|(t, _)| *t >= self.lag.last().map_or(0.0, |l| l.0) / 2.0)
-            .collect();
-        let slope = if half.len() >= 3 {
-            let n = half.len() as f64;
-            let mx = half.iter().map(|x| x.0).sum::<f64>() / n;
-            let my = half.iter().map(|x| x.1 as f64).sum::<f64>() / n;
-            let num: f64 = half.iter().map(|x| (x.0 - mx) * (x.1 as f64 - my)).sum();
-            let den: f64 = half.iter().map(|x| (x.0 - mx).powi(2)).sum();
+        let n = self.lag.len() as f64;
+        let slope = if self.lag.len() >= 3 {
+            let mx = self.lag.iter().map(|x| x.0).sum::<f64>() / n;
+            let my = self.lag.iter().map(|x| x.1 as f64).sum::<f64>() / n;
+            let num: f64 = self
+                .lag
+                .iter()
+                .map(|x| (x.0 - mx) * (x.1 as f64 - my))
+                .sum();
+            let den: f64 = self.lag.iter().map(|x| (x.0 - mx).powi(2)).sum();
             if den > 0.0 {
                 num / den
             } else {
@@ -304,9 +305,17 @@ impl Steady {
         } else {
             0.0
         };
+        let third = (self.lag.len() / 3).max(1);
+        let med = |v: &[(f64, i64)]| -> f64 {
+            let mut x: Vec<i64> = v.iter().map(|l| l.1).collect();
+            x.sort_unstable();
+            x.get(x.len() / 2).copied().unwrap_or(0) as f64
+        };
+        let first = med(&self.lag[..third.min(self.lag.len())]);
+        let last_third = med(&self.lag[self.lag.len().saturating_sub(third)..]);
         let last = self.lag.last().map_or(0, |l| l.1) as f64;
         (
-            self.all_delivered && last <= rate * max_lag_s && slope <= 0.02 * rate,
+            self.all_delivered && last <= rate * max_lag_s && last_third <= first + rate,
             slope,
         )
     }
