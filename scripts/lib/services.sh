@@ -9,6 +9,7 @@
 # The JVM gets a small heap and few compiler/GC threads: left alone it takes a quarter of the
 # RAM and its threads starve PostgreSQL's walsender on 2 cores.
 
+SERVICES_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
 KAFKA_LIBS="${KAFKA_LIBS:-$HOME/.cache/outbox-relay/kafka/$KAFKA_VERSION/libs}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
@@ -88,29 +89,13 @@ num.io.threads=2
 background.threads=2
 log.flush.interval.messages=9223372036854775807
 PROPS
-    cat > "$dir/kafka/log4j2.yaml" <<'LOG'
-Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.server.KafkaRaftServer
-        level: INFO
-LOG
     # shellcheck disable=SC2086
     java $KAFKA_JAVA_OPTS -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format \
         -t "$(python3 -c 'import uuid,base64; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
         -c "$dir/kafka/server.properties" >"$dir/kafka/format.log" 2>&1 \
         || { echo "kafka storage format failed:" >&2; cat "$dir/kafka/format.log" >&2; return 1; }
     # shellcheck disable=SC2086
-    setsid java $KAFKA_JAVA_OPTS -Dlog4j2.configurationFile="$dir/kafka/log4j2.yaml" \
+    setsid java $KAFKA_JAVA_OPTS -Dlog4j2.configurationFile="$SERVICES_ROOT/deploy/kafka/log4j2.yaml" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/kafka/server.properties" \
         >"$dir/kafka/broker.log" 2>&1 </dev/null &
     _SERVICES_KAFKA_PID=$!

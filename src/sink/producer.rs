@@ -205,6 +205,15 @@ where
     (err, rec.delivery_opaque)
 }
 
+/// Run a blocking librdkafka call (a metadata request) from async code: on a
+/// multi-threaded runtime the worker hands its other tasks on first.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// The relay's producer.
 pub struct Publisher {
     producer: ThreadedProducer<ReportingContext>,
@@ -293,10 +302,7 @@ impl Publisher {
                 .map(|m| m.brokers().len() as i32)
                 .map_err(|e| RelayError::kafka("asking the cluster for its brokers", e))
         };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(fetch),
-            _ => fetch(),
-        }
+        blocking(fetch)
     }
 
     /// Create `topic` if `kafka.create-topics` is on and we have not seen it.
@@ -354,11 +360,8 @@ impl Publisher {
         }
         let client = self.producer.client();
         let ask = || client.fetch_metadata(Some(topic), Duration::from_secs(10));
-        let md = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(ask),
-            _ => ask(),
-        }
-        .map_err(|e| RelayError::kafka(format!("metadata for topic {topic}"), e))?;
+        let md = blocking(ask)
+            .map_err(|e| RelayError::kafka(format!("metadata for topic {topic}"), e))?;
         let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
             return Ok(Some(SinkError::missing_topic(topic)));
         };

@@ -230,7 +230,6 @@ impl Broker {
             std::fs::create_dir_all(&node.dir).map_err(|e| e.to_string())?;
             let props = node.properties(&voters, count, opts, self.advertised_override.as_deref());
             std::fs::write(node.dir.join("server.properties"), props).map_err(|e| e.to_string())?;
-            std::fs::write(node.dir.join("log4j2.yaml"), LOG4J).map_err(|e| e.to_string())?;
             node.format(&cluster_id, opts)?;
         }
         for node in &mut self.nodes {
@@ -543,7 +542,9 @@ impl Node {
         c.args(JVM_OPTS)
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
-                self.dir.join("log4j2.yaml").display()
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("deploy/kafka/log4j2.yaml")
+                    .display()
             ))
             .arg("-cp")
             .arg(format!("{}/*", kafka_libs().display()));
@@ -716,23 +717,6 @@ fn remove_at_exit(dir: &Path) {
         std::mem::forget(child);
     }
 }
-
-/// Kafka's log configuration: warnings, plus the line readiness waits for.
-const LOG4J: &str = r#"Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.server.KafkaRaftServer
-        level: INFO
-"#;
 
 /// A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
 fn random_cluster_id() -> String {
