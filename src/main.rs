@@ -9,17 +9,6 @@ use outbox_relay::cli::{self, Cli, LogFormat};
 use outbox_relay::error::RelayError;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc serves every allocation in the process: Rust's through this
-/// attribute and, through the crate's `override` feature, librdkafka's
-/// `malloc`/`free` too. Why: messages are allocated on the session thread
-/// and freed on librdkafka's threads (and delivery reports the other way);
-/// glibc's allocator pays for each such cross-thread free (arena locks,
-/// `malloc_consolidate`), which a catch-up profile showed as a third of the
-/// session thread's CPU. mimalloc frees to the owning thread's heap
-/// lock-free.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
