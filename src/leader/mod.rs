@@ -49,8 +49,10 @@
 //! reads the leaders' names, and the grace uses the longest lease seen while
 //! standing by, never less than our own. A leader without an advertised
 //! lease (the first release with election) counts as [`LEGACY_LEASE`], its
-//! default; so does a lock whose holder we never saw (winning at the first
-//! try, e.g. at startup). A holder we could have missed between two polls
+//! default; so does a lock whose holder we never saw named (winning at the
+//! first try, e.g. at startup). Every release names itself leader right
+//! after its win, before its grace period, so a holder that produced was
+//! named while it held the lock. A holder we could have missed between two polls
 //! held the lock for less than `poll-interval` ≤ `lease/2` of ours — shorter
 //! than its own grace unless its lease is shorter than ours — so it never
 //! produced. The assumption left: standbys' clocks run at the same rate as
@@ -265,9 +267,14 @@ async fn try_acquire(
         let won_at = Instant::now();
         let won: bool = row.get(0);
         if !won {
+            // A holder not (yet) named leader is one between its win and its
+            // rename — in its grace period, not producing: nothing to learn.
+            // Should it vanish unnamed, `None` below still assumes the most.
             let leaders: Vec<String> = row.get(1);
-            let seen = holder_lease(&leaders);
-            standing.holders_lease = Some(standing.holders_lease.map_or(seen, |l| l.max(seen)));
+            if !leaders.is_empty() {
+                let seen = holder_lease(&leaders);
+                standing.holders_lease = Some(standing.holders_lease.map_or(seen, |l| l.max(seen)));
+            }
             health.set_standby_ok(true);
             if !standing.announced {
                 standing.announced = true;
