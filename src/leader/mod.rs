@@ -75,7 +75,11 @@
 //! `active` then belongs to a walsender of the old leader (it can no longer
 //! be streaming to anyone who produces): the new leader ends it with
 //! `pg_terminate_backend` — only then, and only because it holds the lock —
-//! instead of waiting for `wal_sender_timeout`.
+//! instead of waiting for `wal_sender_timeout`. The checkpoint loaded during
+//! the grace may be older than what the old leader still wrote before its
+//! fence: resuming from it re-sends (duplicates), never skips — the slot
+//! starts at its confirmed position, which only ever follows a durable
+//! checkpoint (invariant 2).
 //!
 //! Standbys never call `START_REPLICATION` and never write the checkpoint
 //! table: they only run the lock query.
