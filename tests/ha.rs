@@ -523,6 +523,8 @@ async fn standbys_never_open_the_stream_or_write_the_checkpoint() {
         assert!(!log.contains("replication session started"), "{log}");
         assert!(!log.contains("became leader"), "{log}");
     }
+    // At the default lease the leader renewed throughout.
+    assert!(!a.log_text().contains("stepped down"), "{}", a.log_text());
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     // status lists the leader and both standbys.
@@ -539,4 +541,37 @@ async fn standbys_never_open_the_stream_or_write_the_checkpoint() {
         "{text}"
     );
     drop(a);
+}
+
+/// Soak (`--ignored`; `OUTBOX_SOAK_SECS`, default 120): one leader at the
+/// default lease and a standby, paced writers, on whatever load the machine
+/// has — counts how often the leader fenced itself on a slow renewal (the
+/// risk a 500 ms lease takes; README "Choosing the lease").
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn soak_the_default_lease_under_load() {
+    let secs: u64 = std::env::var("OUTBOX_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let env = Env::start_with(&[TOPIC], HA_DEFAULTS, 1000).await;
+    let a = spawn(&env);
+    wait_leader(&env, None, Duration::from_secs(30)).await;
+    let b = spawn(&env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(paced_writer(env.url(), w, 100, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut n = 0;
+    for w in writers {
+        n += w.await.expect("writer").len();
+    }
+    let fences: usize = [&a, &b]
+        .iter()
+        .map(|r| r.log_text().matches("stepped down").count())
+        .sum();
+    eprintln!("[ha] soak {secs}s, {n} events: {fences} self-fences");
+    assert_eq!(fences, 0, "a leader fenced itself at the default lease");
 }
