@@ -52,10 +52,10 @@
 //! default; so does a lock whose holder we never saw named (winning at the
 //! first try, e.g. at startup). Every release names itself leader right
 //! after its win, before its grace period, so a holder that produced was
-//! named while it held the lock. A holder we could have missed between two polls
-//! held the lock for less than `poll-interval` ≤ `lease/2` of ours — shorter
-//! than its own grace unless its lease is shorter than ours — so it never
-//! produced. The assumption left: standbys' clocks run at the same rate as
+//! named while it held the lock. A holder with a longer lease than ours that
+//! we missed between two polls held the lock for less than our
+//! `poll-interval` ≤ `lease/2` — less than its own grace — so it never
+//! produced; one with a shorter lease is covered by ours. The assumption left: standbys' clocks run at the same rate as
 //! the leader's (monotonic clocks; drift is ppm), and a standby's poll loop
 //! is not suspended for longer than a lease while the lock changes hands.
 //!
@@ -91,8 +91,8 @@
 //!
 //! After `kill -9` of the leader, PostgreSQL frees the lock when it sees the
 //! connection close (at once): takeover ≈ `poll-interval`/2, plus
-//! `1.25 × lease`, plus `START_REPLICATION` and the first event. The default lease (500 ms)
-//! trades that against self-fencing: a leader whose renewal gets no answer
+//! `1.25 × lease`, plus `START_REPLICATION` and the first event. The
+//! default lease (500 ms) trades that against self-fencing: a leader whose renewal gets no answer
 //! within `lease − lease/4` (375 ms) on a stalled PostgreSQL or a starved
 //! process steps down, and whoever leads next re-sends from the checkpoint
 //! (duplicates, never loss).
