@@ -122,8 +122,8 @@ status-interval = "200ms"
 backoff-initial = "100ms"
 backoff-max = "1s"
 shutdown-timeout = "10s"
-{ha}{extra}
-"#,
+{extra}
+{ha}"#,
             url = self.url(),
             brokers = self.broker.bootstrap(),
             mif = self.max_in_flight,

@@ -69,17 +69,18 @@
 //! ## Winning and streaming
 //!
 //! The winner does not wait idle: [`acquire`] returns at the win, and the
-//! session connects to PostgreSQL, loads the checkpoint and creates its
-//! producer during the grace period; only [`Leadership::stream_gate`] — the
-//! end of the grace — lets it send `START_REPLICATION`. A slot still
+//! session connects to PostgreSQL and creates its producer during the grace
+//! period; only [`Leadership::stream_gate`] — the end of the grace — lets it
+//! load the checkpoint and send `START_REPLICATION`. Loading after the gate
+//! matters: a fenced leader's last checkpoint write may still be on the
+//! wire (a stalled connection delivers it when the stall ends). One that
+//! lands within the grace is honoured, so the new session does not re-send
+//! what it covers; one that lands later covers only acknowledged messages,
+//! and the monotonic upsert keeps it from moving anything backwards. A slot still
 //! `active` then belongs to a walsender of the old leader (it can no longer
 //! be streaming to anyone who produces): the new leader ends it with
 //! `pg_terminate_backend` — only then, and only because it holds the lock —
-//! instead of waiting for `wal_sender_timeout`. The checkpoint loaded during
-//! the grace may be older than what the old leader still wrote before its
-//! fence: resuming from it re-sends (duplicates), never skips — the slot
-//! starts at its confirmed position, which only ever follows a durable
-//! checkpoint (invariant 2).
+//! instead of waiting for `wal_sender_timeout`.
 //!
 //! Standbys never call `START_REPLICATION` and never write the checkpoint
 //! table: they only run the lock query.

@@ -142,7 +142,6 @@ async fn session_body(
 ) -> Result<SessionEnd> {
     let control = source::control::connect(cfg, "checkpoint").await?;
     let store = PgCheckpointStore::new(control, &cfg.checkpoint_table(), &cfg.postgres.slot);
-    let resume = store.load().await?;
     let book = PgBookkeeping::new(store, cfg);
     let sink = KafkaSink::new(cfg)?;
     if let Some(leader) = leader {
@@ -151,6 +150,9 @@ async fn session_body(
             _ = shutdown.wait_for(|v| *v) => return Ok(SessionEnd::Stopped),
         }
     }
+    // After the gate: the previous holder's last checkpoint write (even one
+    // still on the wire when it was fenced) has landed by now.
+    let resume = book.load().await?;
     let stream = source::stream::open(cfg, resume).await?;
     tracing::info!(
         slot = %cfg.postgres.slot,
