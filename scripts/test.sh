@@ -15,9 +15,15 @@ TEST_THREADS="${RUST_TEST_THREADS:-2}"
 
 bash scripts/setup.sh
 # The previous release's relay for tests/versions.rs (built once per commit into a cache;
-# a path set by the caller wins).
-OUTBOX_PREV_RELAY="${OUTBOX_PREV_RELAY:-$(bash scripts/build-previous.sh)}"
-export OUTBOX_PREV_RELAY
+# a path set by the caller wins). If it cannot be built the other tests still run and
+# tests/versions.rs fails, saying so.
+if [ -z "${OUTBOX_PREV_RELAY:-}" ]; then
+    if OUTBOX_PREV_RELAY="$(bash scripts/build-previous.sh)"; then
+        export OUTBOX_PREV_RELAY
+    else
+        echo "[test] scripts/build-previous.sh failed: tests/versions.rs will fail" >&2
+    fi
+fi
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 set +e
