@@ -107,8 +107,9 @@ pub struct Session<'a> {
 /// which purges the producer — queued and in-flight messages — and drops the
 /// replication stream without a checkpoint write (invariant 10). Dropping,
 /// not a flag the loop checks, so a loop stuck in a bookkeeping call is
-/// fenced just as fast. Its stream gate holds `START_REPLICATION` back until
-/// the grace period is over; what comes before runs during it.
+/// fenced just as fast. Its stream gate holds loading the checkpoint and
+/// `START_REPLICATION` back until the grace period is over; connecting and
+/// creating the producer run during it.
 pub async fn run_session(
     cfg: &Config,
     health: &SharedHealth,
@@ -150,8 +151,8 @@ async fn session_body(
             _ = shutdown.wait_for(|v| *v) => return Ok(SessionEnd::Stopped),
         }
     }
-    // After the gate: the previous holder's last checkpoint write (even one
-    // still on the wire when it was fenced) has landed by now.
+    // After the gate, so a fenced leader's last checkpoint write that was
+    // still on a stalled wire is seen ([`crate::leader`], "Winning and streaming").
     let resume = book.load().await?;
     let stream = source::stream::open(cfg, resume).await?;
     tracing::info!(
