@@ -27,3 +27,4 @@ mod sql_files;
 mod support;
 mod table_health;
 mod verify;
+mod versions;

@@ -45,6 +45,7 @@ use crate::checkpoint::{CheckpointStore, PgCheckpointStore};
 use crate::config::Config;
 use crate::error::{ErrorClass, RelayError, Result};
 use crate::health::SharedHealth;
+use crate::leader::Leadership;
 use crate::ports::{Bookkeeping, EventStream, KafkaSink, MessageSink, PgBookkeeping};
 use crate::sink::message::{format_lsn, TxnMeta};
 use crate::source;
@@ -127,12 +128,14 @@ pub struct Session<'a> {
 
 /// Run one session until shutdown (Ok) or the first error (Err).
 ///
-/// `fence` is the leader lease ([`crate::leader`]): when it turns true (or
-/// its sender is gone) the session future is dropped on the spot, which
-/// purges the producer — queued and in-flight messages — and drops the
+/// `leader` is the leader lease ([`crate::leader`]). When its fence turns
+/// true (or its sender is gone) the session future is dropped on the spot,
+/// which purges the producer — queued and in-flight messages — and drops the
 /// replication stream without a checkpoint write (invariant 10). Dropping,
 /// not a flag the loop checks, so a loop stuck in a bookkeeping call is
-/// fenced just as fast.
+/// fenced just as fast. Its stream gate holds loading the checkpoint and
+/// `START_REPLICATION` back until the grace period is over; connecting and
+/// creating the producer run during it.
 ///
 /// This runs on the calling runtime; [`run_session`] runs it on the
 /// session's own thread (see [`thread`]).
@@ -141,11 +144,12 @@ pub async fn run_session_here(
     health: &SharedHealth,
     shutdown: &mut watch::Receiver<bool>,
     stats: &mut SessionStats,
-    fence: Option<watch::Receiver<bool>>,
+    leader: Option<Leadership>,
 ) -> Result<SessionEnd> {
-    let Some(mut fence) = fence else {
-        return session_body(cfg, health, shutdown, stats).await;
+    let Some(leader) = leader else {
+        return session_body(cfg, health, shutdown, stats, None).await;
     };
+    let mut fence = leader.fence.clone();
     let fenced = RelayError::Fenced("the leader lease ran out".into());
     if *fence.borrow_and_update() {
         return Err(fenced);
@@ -153,7 +157,7 @@ pub async fn run_session_here(
     let result = tokio::select! {
         biased;
         _ = fence.wait_for(|v| *v) => Err(fenced),
-        r = session_body(cfg, health, shutdown, stats) => r,
+        r = session_body(cfg, health, shutdown, stats, Some(&leader)) => r,
     };
     health.set_stream_up(false);
     result
@@ -164,12 +168,21 @@ async fn session_body(
     health: &SharedHealth,
     shutdown: &mut watch::Receiver<bool>,
     stats: &mut SessionStats,
+    leader: Option<&Leadership>,
 ) -> Result<SessionEnd> {
     let control = source::control::connect(cfg, "checkpoint").await?;
     let store = PgCheckpointStore::new(control, &cfg.checkpoint_table(), &cfg.postgres.slot);
-    let resume = store.load().await?;
     let book = PgBookkeeping::new(store, cfg);
     let sink = KafkaSink::new(cfg)?;
+    if let Some(leader) = leader {
+        tokio::select! {
+            r = leader.stream_gate() => r?,
+            _ = shutdown.wait_for(|v| *v) => return Ok(SessionEnd::Stopped),
+        }
+    }
+    // After the gate, so a fenced leader's last checkpoint write that was
+    // still on a stalled wire is seen ([`crate::leader`], "Winning and streaming").
+    let resume = book.load().await?;
     let stream = source::stream::open(cfg, resume).await?;
     tracing::info!(
         slot = %cfg.postgres.slot,

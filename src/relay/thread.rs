@@ -18,8 +18,9 @@
 //! else — the HTTP endpoint, the leader lease, the janitor — stays on the
 //! process runtime, so a busy session never delays a lease renewal.
 //!
-//! Fencing is unchanged: the lease's watch channel is runtime-agnostic, and
-//! the session future is still dropped on the spot when it fires.
+//! Fencing is unchanged: the lease's watch channel and the lock connection's
+//! client are runtime-agnostic (channels to tasks on the process runtime),
+//! and the session future is still dropped on the spot when the fence fires.
 
 use tokio::sync::{oneshot, watch};
 
@@ -27,6 +28,7 @@ use super::{run_session_here, SessionEnd, SessionStats};
 use crate::config::Config;
 use crate::error::{RelayError, Result};
 use crate::health::SharedHealth;
+use crate::leader::Leadership;
 
 /// [`run_session_here`] on a new thread with its own current-thread runtime;
 /// `stats` travel there and back.
@@ -35,7 +37,7 @@ pub async fn run_session(
     health: &SharedHealth,
     shutdown: &mut watch::Receiver<bool>,
     stats: &mut SessionStats,
-    fence: Option<watch::Receiver<bool>>,
+    leader: Option<Leadership>,
 ) -> Result<SessionEnd> {
     let (cfg2, health2, mut shutdown2) = (cfg.clone(), health.clone(), shutdown.clone());
     let mut moved = std::mem::take(stats);
@@ -52,7 +54,7 @@ pub async fn run_session(
                     &health2,
                     &mut shutdown2,
                     &mut moved,
-                    fence,
+                    leader,
                 )),
                 Err(e) => Err(RelayError::Environment(format!(
                     "cannot start the session's runtime: {e}"
