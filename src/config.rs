@@ -382,7 +382,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            checkpoint_interval: Duration::from_millis(500),
+            checkpoint_interval: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),

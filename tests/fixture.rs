@@ -26,9 +26,13 @@ use crate::support::proxy::TcpProxy;
 /// The relay's dead-letter topic (before the env's prefix), created in every env.
 pub const DLQ_TOPIC: &str = "outbox.dlq";
 
-/// Path of the relay binary cargo built for this test run.
+/// Path of the relay binary cargo built for this test run, or
+/// `OUTBOX_RELAY_BIN` (to measure another build with the same tests, e.g.
+/// duplicates per crash before and after a change).
 pub fn relay_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay"))
+    std::env::var_os("OUTBOX_RELAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay")))
 }
 
 /// PostgreSQL, broker and a config file for the relay.

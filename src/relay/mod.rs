@@ -31,6 +31,7 @@ mod policy;
 mod progress;
 mod router;
 mod send;
+mod thread;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,6 +53,7 @@ use policy::FailurePolicy;
 pub use policy::{Ledger, Refusal};
 use progress::{Limits, Progress};
 use router::Router;
+pub use thread::run_session;
 
 /// How a session ended without error.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,10 +78,30 @@ pub struct SessionStats {
 /// The transaction currently being received.
 struct Current {
     seq: u64,
-    meta: TxnMeta,
+    /// Shared with each row's send: a clone per row is a count, not two
+    /// strings.
+    meta: Arc<TxnMeta>,
     /// Already published before the checkpoint we resumed from.
     skip: bool,
     rows: usize,
+}
+
+/// Handles of the histograms recorded per message or transaction.
+struct Histograms {
+    produce_latency: metrics::Histogram,
+    end_to_end_latency: metrics::Histogram,
+    transaction_size: metrics::Histogram,
+}
+
+impl Histograms {
+    fn new() -> Self {
+        use crate::metrics as m;
+        Self {
+            produce_latency: metrics::histogram!(m::PRODUCE_LATENCY),
+            end_to_end_latency: metrics::histogram!(m::END_TO_END_LATENCY),
+            transaction_size: metrics::histogram!(m::TRANSACTION_SIZE),
+        }
+    }
 }
 
 /// One replication session.
@@ -96,7 +118,11 @@ pub struct Session<'a> {
     /// Last time an outbox transaction or heartbeat came through.
     last_activity: Instant,
     /// Acknowledged events per topic since the last metrics flush.
-    published: HashMap<String, u64>,
+    published: HashMap<Arc<str>, u64>,
+    /// The per-message histograms, looked up once: a registry lookup (hash
+    /// of the key, a generation check) per message cost more than the
+    /// recording itself.
+    histograms: Histograms,
     stats: &'a mut SessionStats,
 }
 
@@ -110,7 +136,10 @@ pub struct Session<'a> {
 /// fenced just as fast. Its stream gate holds loading the checkpoint and
 /// `START_REPLICATION` back until the grace period is over; connecting and
 /// creating the producer run during it.
-pub async fn run_session(
+///
+/// This runs on the calling runtime; [`run_session`] runs it on the
+/// session's own thread (see [`thread`]).
+pub async fn run_session_here(
     cfg: &Config,
     health: &SharedHealth,
     shutdown: &mut watch::Receiver<bool>,
@@ -167,6 +196,21 @@ async fn session_body(
     result
 }
 
+/// Events (or delivery reports) handled per turn of the loop when more are
+/// ready: one `select!` and one wake-up for a batch instead of each event.
+/// Small enough that the checkpoint tick and shutdown are never late.
+const BATCH: usize = 256;
+
+/// A stream that ended (`Ok(None)`) ends the session: there is no end to a
+/// replication stream the relay did not ask for.
+fn ended(ev: Option<crate::ports::SourceEvent>) -> Result<crate::ports::SourceEvent> {
+    ev.ok_or_else(|| {
+        RelayError::Replication(pgwire_replication::PgWireError::Task(
+            "replication stream ended".into(),
+        ))
+    })
+}
+
 /// A bookkeeping call with a deadline.
 async fn bounded<T>(limit: Duration, what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
     tokio::time::timeout(limit, f)
@@ -199,6 +243,7 @@ impl<'a> Session<'a> {
             current: None,
             last_activity: Instant::now(),
             published: HashMap::new(),
+            histograms: Histograms::new(),
             stats,
         })
     }
@@ -213,6 +258,8 @@ impl<'a> Session<'a> {
         let mut tick = tokio::time::interval(self.cfg.relay.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Instant::now() + Duration::from_secs(3600);
+        // The checkpoint write in progress, if one is (see `start_checkpoint`).
+        let mut saving: Option<persist::Saving<'_>> = None;
         let outcome: Result<()> = async {
             loop {
                 if *shutdown.borrow() {
@@ -220,37 +267,57 @@ impl<'a> Session<'a> {
                 }
                 let effects = self.policy.poll(Instant::now(), self.progress.outstanding() == 0);
                 self.apply(effects, &mut sink, book).await?;
-                if self.progress.wants_early_checkpoint(self.limits) {
-                    self.checkpoint(book, &stream).await?;
+                if saving.is_none() && self.progress.wants_early_checkpoint(self.limits) {
+                    saving = self.start_checkpoint(book, &stream).await?;
                 }
                 let can_read = self.policy.may_read() && self.progress.window_open(self.limits);
                 let wake = self.policy.next_wakeup();
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {}
-                    Some(d) = sink.next_delivery() => self.on_delivery(d, &mut sink, book).await?,
+                    Some(d) = sink.next_delivery() => {
+                        self.on_delivery(d, &mut sink, book).await?;
+                        for _ in 1..BATCH {
+                            let Some(d) = sink.try_next_delivery() else { break };
+                            self.on_delivery(d, &mut sink, book).await?;
+                        }
+                    }
+                    lsn = async { saving.as_mut().expect("guarded").done().await }, if saving.is_some() => {
+                        saving = None;
+                        self.checkpoint_written(lsn?, &stream);
+                    }
                     _ = tick.tick() => {
                         // A producer that stopped for good acknowledges nothing
                         // more: end the session now, even when idle.
                         if let Some(e) = sink.fatal_error() {
                             return Err(e);
                         }
-                        self.checkpoint(book, &stream).await?;
+                        if saving.is_none() {
+                            saving = self.start_checkpoint(book, &stream).await?;
+                        }
                         self.publish_gauges();
                     }
                     _ = tokio::time::sleep_until(wake.unwrap_or(far)), if wake.is_some() => {}
-                    ev = stream.recv(), if can_read => match ev? {
-                        Some(ev) => self.on_event(ev, &mut sink, book).await?,
-                        None => return Err(RelayError::Replication(
-                            pgwire_replication::PgWireError::Task("replication stream ended".into()),
-                        )),
-                    },
+                    ev = stream.recv(), if can_read => {
+                        self.on_event(ended(ev?)?, &mut sink, book).await?;
+                        for _ in 1..BATCH {
+                            if !(self.policy.may_read() && self.progress.window_open(self.limits)) {
+                                break;
+                            }
+                            let Some(ev) = stream.try_recv() else { break };
+                            self.on_event(ended(ev?)?, &mut sink, book).await?;
+                        }
+                    }
                 }
             }
         }
         .await;
         match outcome {
             Ok(()) => {
+                if let Some(mut s) = saving.take() {
+                    let lsn = s.done().await?;
+                    self.checkpoint_written(lsn, &stream);
+                }
                 self.drain(&mut sink, book, &stream).await?;
                 stream.close(true).await;
                 Ok(SessionEnd::Stopped)
