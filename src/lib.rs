@@ -68,6 +68,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod emit;
 pub mod error;
+pub mod fault;
 pub mod health;
 pub mod heartbeat;
 pub mod http;

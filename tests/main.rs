@@ -12,6 +12,7 @@ mod config_keys;
 mod core;
 mod dlq;
 mod docs;
+mod exactly_once;
 mod faults;
 mod fixture;
 mod ha;

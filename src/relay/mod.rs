@@ -31,6 +31,7 @@ mod policy;
 mod progress;
 mod router;
 mod send;
+mod txn;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -136,6 +137,9 @@ async fn session_body(
     shutdown: &mut watch::Receiver<bool>,
     stats: &mut SessionStats,
 ) -> Result<SessionEnd> {
+    if cfg.kafka.delivery == crate::config::Delivery::ExactlyOnce {
+        return txn::session_body(cfg, health, shutdown, stats).await;
+    }
     let control = source::control::connect(cfg, "checkpoint").await?;
     let store = PgCheckpointStore::new(control, &cfg.checkpoint_table(), &cfg.postgres.slot);
     let resume = store.load().await?;
