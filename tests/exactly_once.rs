@@ -384,3 +384,59 @@ async fn kill_9_loop_at_least_once_for_comparison() {
         f.secs
     );
 }
+
+/// A newer producer with the relay's transactional id — here a bare
+/// librdkafka producer calling `init_transactions`, exactly what a second
+/// relay does first — fences the running relay at the broker: its next
+/// commit (or produce) is refused, it logs one clear line and exits with
+/// code 3. A relay started afterwards resumes from the last committed
+/// progress record: every row once, nothing of the fenced transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_relay_exits_with_code_3_and_nothing_is_duplicated() {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let eo = Eo::start(10_000).await;
+    let writers = Writers::start(
+        &eo.env.url(),
+        &WriterSpec {
+            writers: 2,
+            per_writer: 1500,
+            max_txn: 10,
+            pace: Duration::from_millis(15),
+            sync_commit: false,
+            seed: 11,
+        },
+    );
+    let mut a = eo.spawn(&[]);
+    kafka::read_committed_until_async(
+        &eo.env.bootstrap(),
+        &eo.env.topic(TOPIC),
+        Duration::from_secs(60),
+        |got, _| got.len() >= 50,
+    )
+    .await;
+    let (bootstrap, id) = (eo.env.bootstrap(), format!("{}relay", eo.env.prefix));
+    tokio::task::spawn_blocking(move || {
+        let p: BaseProducer = kafka::client_config(&bootstrap)
+            .set("transactional.id", &id)
+            .create()
+            .expect("a second transactional producer");
+        p.init_transactions(Duration::from_secs(30))
+            .expect("init_transactions of the newer producer");
+    })
+    .await
+    .unwrap();
+    let st = exit_of(&mut a, Duration::from_secs(30)).await;
+    let log = a.log_text();
+    assert_eq!(st.code(), Some(3), "fenced relay's exit: {st:?}\n{log}");
+    assert!(
+        log.contains("fenced by a newer producer with transactional id"),
+        "the one clear line:\n{log}"
+    );
+    let ledger = writers.join().await;
+    let ids: HashSet<i64> = ledger.committed.iter().copied().collect();
+    let _b = eo.spawn(&[]);
+    let msgs = eo
+        .read_committed(TOPIC, &ids, Duration::from_secs(120))
+        .await;
+    assert_exactly_once(&msgs, &ids, "after a fence");
+}

@@ -247,7 +247,7 @@ impl<'a> TxnSession<'a> {
                         self.commit_at_boundary(&stream, book, &mut reports).await?;
                     }
                     _ = tick.tick() => {
-                        if let Some(e) = self.sink.publisher.fatal_error() {
+                        if let Some(e) = self.sink.fenced().or_else(|| self.sink.publisher.fatal_error()) {
                             return Err(e);
                         }
                         self.checkpoint(&stream, book, false).await?;
@@ -279,6 +279,8 @@ impl<'a> TxnSession<'a> {
                 Ok(SessionEnd::Stopped)
             }
             Err(e) => {
+                // A fence shows first as a failed delivery or commit.
+                let e = self.sink.fenced().unwrap_or(e);
                 let e = match e {
                     e @ RelayError::ProducerFenced(_) => e,
                     e => {

@@ -206,23 +206,30 @@ impl TxnSink {
         )
     }
 
+    /// [`RelayError::ProducerFenced`] when librdkafka stopped this producer
+    /// because a newer one with our id took over (it learns so on its next
+    /// request: a produce, or the commit).
+    pub fn fenced(&self) -> Option<RelayError> {
+        let (code, _) = self.publisher.producer().client().fatal_error()?;
+        matches!(
+            code,
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+        .then(|| RelayError::ProducerFenced(self.id.clone()))
+    }
+
     fn classify(&self, doing: &str, e: KafkaError) -> RelayError {
         if Self::is_fenced(&e) {
             return RelayError::ProducerFenced(self.id.clone());
         }
+        if let Some(fenced) = self.fenced() {
+            return fenced;
+        }
         if let Some(fatal) = self.publisher.fatal_error() {
             // A fatal producer error that is not a fence: e.g. the principal
             // lacks Write on the transactional id. Its code decides the class.
-            if let Some((code, _)) = self.publisher.producer().client().fatal_error() {
-                if matches!(
-                    code,
-                    RDKafkaErrorCode::Fenced
-                        | RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                ) {
-                    return RelayError::ProducerFenced(self.id.clone());
-                }
-            }
             return fatal;
         }
         RelayError::kafka(format!("{doing} (transactional id {})", self.id), e)
