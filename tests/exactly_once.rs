@@ -558,3 +558,78 @@ async fn rolling_broker_restart_keeps_exactly_once() {
     );
     drop(relay);
 }
+
+/// Zombie: relay A leads, reaching PostgreSQL through a TCP proxy that stops
+/// forwarding (A still reaches Kafka) while writers keep writing; relay B,
+/// direct, takes over (HA: the lock frees, B waits out the grace period,
+/// ends A's walsender, and its `init_transactions` fences A's producer and
+/// aborts A's open transaction at the broker). Either defence may stop A
+/// first — its lease lapses (it steps down) or the broker refuses it (exit
+/// 3, the fenced line) — and which one is printed; what is asserted is that
+/// a `read_committed` consumer sees every row exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zombie_cut_off_from_postgres_is_fenced_and_nothing_is_duplicated() {
+    let eo = Eo::start(10_000).await;
+    let proxy = crate::support::proxy::TcpProxy::start(eo.env.pg.addr()).await;
+    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/app", proxy.port());
+    let writers = Writers::start(
+        &eo.env.url(),
+        &WriterSpec {
+            writers: 2,
+            per_writer: 1500,
+            max_txn: 10,
+            pace: Duration::from_millis(15),
+            sync_commit: false,
+            seed: 13,
+        },
+    );
+    let mut a = eo.spawn(&[("OUTBOX_RELAY_POSTGRES_URL", &via_proxy)]);
+    kafka::read_committed_until_async(
+        &eo.env.bootstrap(),
+        &eo.env.topic(TOPIC),
+        Duration::from_secs(60),
+        |got, _| got.len() >= 50,
+    )
+    .await;
+    proxy.pause();
+    let t = Instant::now();
+    let b = eo.spawn(&[("OUTBOX_RELAY_METRICS_LISTEN", "127.0.0.1:0")]);
+    crate::support::wait_until_msg(
+        "relay B streaming",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            b.log_text()
+                .contains("exactly-once replication session started")
+        },
+    )
+    .await;
+    let takeover = t.elapsed();
+    let ledger = writers.join().await;
+    let ids: HashSet<i64> = ledger.committed.iter().copied().collect();
+    let msgs = eo
+        .read_committed(TOPIC, &ids, Duration::from_secs(120))
+        .await;
+    assert_exactly_once(&msgs, &ids, "after a zombie");
+    let log = a.log_text();
+    let outcome = match a.try_exit() {
+        Some(st) => {
+            assert_eq!(st.code(), Some(3), "zombie's exit: {st:?}\n{log}");
+            assert!(log.contains("fenced by a newer producer"), "{log}");
+            "fenced by the broker, exit 3"
+        }
+        None => {
+            assert!(
+                log.contains("stepped down"),
+                "zombie neither fenced nor stepped down:\n{log}"
+            );
+            "lease lapsed first, stepped down"
+        }
+    };
+    eprintln!(
+        "zombie: B streaming {:.1}s after A was cut off; A: {outcome}; {} rows exactly once",
+        takeover.as_secs_f64(),
+        ids.len()
+    );
+    proxy.resume();
+}

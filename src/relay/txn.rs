@@ -279,18 +279,14 @@ impl<'a> TxnSession<'a> {
                 Ok(SessionEnd::Stopped)
             }
             Err(e) => {
-                // A fence shows first as a failed delivery or commit.
-                let e = self.sink.fenced().unwrap_or(e);
-                let e = match e {
-                    e @ RelayError::ProducerFenced(_) => e,
-                    e => {
-                        if self.open.take().is_some() {
-                            self.pos.kafka_aborted();
-                            self.sink.abort();
-                        }
-                        e
+                if self.open.take().is_some() {
+                    self.pos.kafka_aborted();
+                    if self.sink.fenced().is_none() {
+                        self.sink.abort();
                     }
-                };
+                }
+                // A fence shows first as a failed delivery, commit or abort.
+                let e = self.sink.fenced().unwrap_or(e);
                 if matches!(e, RelayError::ProducerFenced(_)) {
                     tracing::error!(
                         transactional_id = self.sink.id(),
