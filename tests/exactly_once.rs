@@ -633,3 +633,65 @@ async fn a_zombie_cut_off_from_postgres_is_fenced_and_nothing_is_duplicated() {
     );
     proxy.resume();
 }
+
+/// A row the *broker* refuses (over the topic's `max.message.bytes`): its
+/// refusal aborts the whole Kafka transaction; the row is then sent in a
+/// transaction of its own, where each refusal counts as an attempt, and
+/// after `relay.max-retry` (3) attempts its DLQ copy goes instead, inside
+/// the transaction. Its neighbours arrive exactly once, in order; the row
+/// is in the DLQ once and ends FAILED.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_the_broker_refuses_is_retried_alone_then_dead_lettered_once() {
+    let eo = Eo::start(10_000).await;
+    let small = eo.env.topic("outbox.small");
+    kafka::create_topic_with(
+        &eo.env.bootstrap(),
+        &small,
+        1,
+        &[("max.message.bytes", "1000")],
+    )
+    .await;
+    let c = eo.env.client().await;
+    let row = |size: i32| {
+        format!(
+            "INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, event_data) \
+             VALUES ('small', 'k', 'E', jsonb_build_object('pad', repeat('x', {size}))) RETURNING id"
+        )
+    };
+    let mut good = Vec::new();
+    for _ in 0..3 {
+        good.push(c.query_one(&row(10), &[]).await.unwrap().get::<_, i64>(0));
+    }
+    let bad: i64 = c.query_one(&row(5000), &[]).await.unwrap().get(0);
+    for _ in 0..3 {
+        good.push(c.query_one(&row(10), &[]).await.unwrap().get::<_, i64>(0));
+    }
+    let relay = eo.spawn(&[]);
+    let ids: HashSet<i64> = good.iter().copied().collect();
+    let msgs = eo
+        .read_committed("outbox.small", &ids, Duration::from_secs(90))
+        .await;
+    let arrival = assert_exactly_once(&msgs, &ids, "neighbours of a refused row");
+    let got: Vec<i64> = arrival.by_partition[&0]
+        .iter()
+        .map(|m| m.header_str("id").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got, good, "the neighbours, in commit order");
+    let dlq = eo
+        .read_committed(DLQ_TOPIC, &HashSet::from([bad]), Duration::from_secs(30))
+        .await;
+    let copies = dlq
+        .iter()
+        .filter(|m| m.header_str("id").as_deref() == Some(bad.to_string().as_str()))
+        .count();
+    assert_eq!(copies, 1, "{}", relay.log_text());
+    crate::support::wait_until_msg(
+        "the refused row to be FAILED",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async { eo.env.row_status(bad).await.0 == "FAILED" },
+    )
+    .await;
+    let (_, attempts) = eo.env.row_status(bad).await;
+    assert_eq!(attempts, 3, "three attempts alone");
+}
