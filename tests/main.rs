@@ -13,6 +13,7 @@ mod core;
 mod dlq;
 mod docs;
 mod exactly_once;
+mod exactly_once_load;
 mod faults;
 mod fixture;
 mod ha;
