@@ -208,6 +208,9 @@ async fn supervise(
             relay::run_session(cfg, health, &mut shutdown, &mut stats, leader.clone()).await;
         match outcome {
             Ok(relay::SessionEnd::Stopped) => return Ok(SupervisorEnd::Stopped),
+            // Exactly-once: the broker says a newer relay took over our
+            // transactional id. Stop for good, even when the lease lapsed too.
+            Err(e @ RelayError::ProducerFenced(_)) => return Err(e),
             Err(_) if fenced(&fence) => return Ok(SupervisorEnd::Fenced),
             Err(e) => {
                 let class = e.class();

@@ -153,6 +153,13 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 }
             );
             crate::recovery::explain_init(&client, &cfg, &report).await;
+            if cfg.kafka.delivery == crate::config::Delivery::ExactlyOnce {
+                crate::sink::progress_topic::ensure(&cfg).await?;
+                println!(
+                    "exactly-once: progress topic {} (1 partition, compacted) ready",
+                    cfg.kafka.progress_topic
+                );
+            }
             Ok(())
         }
         Command::CheckConfig => {

@@ -38,6 +38,7 @@ pub const ENV_NOT_KEYS: &[&str] = &[
     "OUTBOX_RELAY_LOG",
     "OUTBOX_RELAY_LOG_FORMAT",
     "OUTBOX_RELAY_BIN",
+    crate::fault::ENV,
 ];
 
 /// The whole configuration.
@@ -318,6 +319,37 @@ pub struct KafkaConfig {
     /// How CloudEvents attributes are derived (used by the CloudEvents
     /// formats only).
     pub cloudevents: CloudEventsConfig,
+    /// `at-least-once` (idempotent producer, checkpoint after acks) or
+    /// `exactly-once` (Kafka transactions carrying the resume position; see
+    /// [`crate::relay`]'s `txn` part and README "Exactly-once mode").
+    pub delivery: Delivery,
+    /// The transactional producer's `transactional.id` (exactly-once only).
+    /// Empty: `outbox-relay.<database>.<slot>`, stable across restarts. A
+    /// relay starting with the same id fences the one before it.
+    pub transactional_id: String,
+    /// Single-partition compacted topic holding the resume position, written
+    /// in the same Kafka transaction as the messages it covers (exactly-once
+    /// only). One topic serves many relays: records are keyed by the
+    /// transactional id.
+    pub progress_topic: String,
+    /// How long a Kafka transaction collects messages before it commits
+    /// (exactly-once only): the floor of commit → visible-to-`read_committed`.
+    #[serde(with = "humantime_serde")]
+    pub transaction_interval: Duration,
+    /// Messages per Kafka transaction; a PostgreSQL transaction with more is
+    /// split, and the progress record's index resumes it exactly.
+    pub transaction_max_messages: usize,
+}
+
+/// `kafka.delivery`: the promise made to consumers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Every row at least once; a crash re-sends what was in flight.
+    #[default]
+    AtLeastOnce,
+    /// Every row exactly once to a `read_committed` consumer.
+    ExactlyOnce,
 }
 
 impl Default for KafkaConfig {
@@ -335,6 +367,11 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             format: MessageFormat::Raw,
             cloudevents: CloudEventsConfig::default(),
+            delivery: Delivery::AtLeastOnce,
+            transactional_id: String::new(),
+            progress_topic: "outbox-relay.progress".into(),
+            transaction_interval: Duration::from_millis(100),
+            transaction_max_messages: 10_000,
         }
     }
 }
@@ -537,6 +574,7 @@ impl Config {
                 "its fixed text must be legal in a topic name: letters, digits, '.', '_', '-', at most 249 chars",
             )
         })?;
+        crate::sink::transactional::validate(self)?;
         crate::sink::route::validate_topic(&self.kafka.dlq_topic)
             .map_err(|m| ConfigError::new("kafka.dlq-topic", m))?;
         if self.relay.max_retry == 0 {

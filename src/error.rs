@@ -134,6 +134,12 @@ pub enum RelayError {
     /// producing and stands by again ([`crate::leader`]).
     #[error("fenced: {0}")]
     Fenced(String),
+
+    /// Exactly-once mode: a newer relay started with the same
+    /// `kafka.transactional-id` and fenced this one's producer at the broker.
+    /// Fatal: this process must stop producing for good (exit code 3).
+    #[error("fenced by a newer producer with transactional id {0}: another relay took over; this one stops")]
+    ProducerFenced(String),
 }
 
 impl RelayError {
@@ -164,7 +170,9 @@ impl RelayError {
     /// The recoverability class; see the module docs.
     pub fn class(&self) -> ErrorClass {
         match self {
-            RelayError::Config(_) | RelayError::Environment(_) => ErrorClass::Fatal,
+            RelayError::Config(_) | RelayError::Environment(_) | RelayError::ProducerFenced(_) => {
+                ErrorClass::Fatal
+            }
             RelayError::Postgres { source, .. } => postgres_class(source),
             RelayError::Replication(e) => replication_class(e),
             RelayError::Decode(_) => ErrorClass::Fatal,

@@ -33,6 +33,10 @@
 //! 7. The stream never sees its own housekeeping — [`schema`] (inserts-only
 //!    publication).
 //! 8. Bad input is named — [`config`], [`decode`], [`error`].
+//! 9. Exactly-once: position and data commit together (`kafka.delivery =
+//!    "exactly-once"`) — [`relay`] (its `txn` part), [`sink::transactional`],
+//!    [`sink::progress_topic`]; [`fault`] crashes it at each dangerous point
+//!    in the tests.
 //! 10. One producer per slot — [`leader`] (advisory lock, lease, fencing),
 //!     [`relay`] (the session is dropped when fenced), [`app`].
 //!
@@ -68,6 +72,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod emit;
 pub mod error;
+pub mod fault;
 pub mod health;
 pub mod heartbeat;
 pub mod http;

@@ -1,5 +1,6 @@
 //! Binary edge: parse the command line, set up logging, run, map the
-//! outcome to an exit code (0 ok, 2 configuration error, 1 other failure)
+//! outcome to an exit code (0 ok, 2 configuration error, 3 fenced by a newer
+//! exactly-once producer, 1 other failure)
 //! and print failures as one line.
 
 use std::process::ExitCode;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
 fn exit_code(e: &RelayError) -> u8 {
     match e {
         RelayError::Config(_) => 2,
+        RelayError::ProducerFenced(_) => 3,
         _ => 1,
     }
 }

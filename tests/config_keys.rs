@@ -282,6 +282,27 @@ const CASES: &[(&str, &str, &str)] = &[
     ("cleanup.archive-retention-days", "\"30d\"", "wrong type"),
     // kafka (instance header)
     ("kafka.instance-header", "1", "wrong type"),
+    // kafka (exactly-once)
+    ("kafka.delivery", "\"exactly-twice\"", "bad enum"),
+    ("kafka.delivery", "1", "wrong type"),
+    ("kafka.transactional-id", "\"relay one\"", "whitespace"),
+    ("kafka.transactional-id", "[\"a\"]", "wrong type"),
+    (
+        "kafka.progress-topic",
+        "\"progress topic\"",
+        "illegal characters",
+    ),
+    ("kafka.progress-topic", "\"\"", "empty"),
+    ("kafka.progress-topic", "\"outbox.dlq\"", "the DLQ topic"),
+    ("kafka.transaction-interval", "\"0s\"", "zero"),
+    ("kafka.transaction-interval", "\"1m\"", "over 30s"),
+    ("kafka.transaction-max-messages", "0", "zero"),
+    ("kafka.transaction-max-messages", "-1", "negative"),
+    (
+        "kafka.properties",
+        "{ \"transactional.id\" = \"mine\" }",
+        "set by the relay (kafka.transactional-id)",
+    ),
     // ha
     ("ha.enabled", "\"yes\"", "wrong type"),
     ("ha.lease", "\"50ms\"", "below 100ms"),

@@ -1252,16 +1252,17 @@ async fn mock_topic_authorization_failed_in_metadata_is_dead_lettered() {
 // ---- one huge transaction ---------------------------------------------------
 
 /// Just what the ordering checks of a big run need from a message.
-struct Lite {
-    partition: i32,
-    offset: i64,
-    id: i64,
-    lsn: u64,
+pub struct Lite {
+    pub partition: i32,
+    pub offset: i64,
+    pub id: i64,
+    pub lsn: u64,
 }
 
 /// Read `topic` from the start until `unique` distinct ids arrived (or the
-/// deadline), keeping only (partition, offset, id, lsn) per message.
-fn read_lite(bootstrap: &str, topic: &str, unique: usize, deadline: Duration) -> Vec<Lite> {
+/// deadline), keeping only (partition, offset, id, lsn) per message. The
+/// consumer runs librdkafka's default `isolation.level`, `read_committed`.
+pub fn read_lite(bootstrap: &str, topic: &str, unique: usize, deadline: Duration) -> Vec<Lite> {
     let end = Instant::now() + deadline;
     let consumer: BaseConsumer = kafka::client_config(bootstrap)
         .set(

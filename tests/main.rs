@@ -12,6 +12,8 @@ mod config_keys;
 mod core;
 mod dlq;
 mod docs;
+mod exactly_once;
+mod exactly_once_load;
 mod faults;
 mod fixture;
 mod ha;

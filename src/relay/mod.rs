@@ -32,6 +32,7 @@ mod progress;
 mod router;
 mod send;
 mod thread;
+mod txn;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -170,6 +171,9 @@ async fn session_body(
     stats: &mut SessionStats,
     leader: Option<&Leadership>,
 ) -> Result<SessionEnd> {
+    if cfg.kafka.delivery == crate::config::Delivery::ExactlyOnce {
+        return txn::session_body(cfg, health, shutdown, stats, leader).await;
+    }
     let control = source::control::connect(cfg, "checkpoint").await?;
     let store = PgCheckpointStore::new(control, &cfg.checkpoint_table(), &cfg.postgres.slot);
     let book = PgBookkeeping::new(store, cfg);

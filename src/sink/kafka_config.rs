@@ -24,6 +24,12 @@ pub enum ClientRole {
     Isolated,
     /// Admin requests (topic creation): connection and security settings only.
     Admin,
+    /// The exactly-once producer ([`crate::sink::transactional`]): the
+    /// producer's settings without the gap-less guarantee (a transaction that
+    /// fails aborts whole, so nothing can overtake) and without the 5-minute
+    /// `message.timeout.ms` (librdkafka requires it ≤ `transaction.timeout.ms`
+    /// and derives it from there). The caller adds `transactional.id`.
+    Transactional,
 }
 
 /// Properties the relay sets and a user may not weaken: they are what keeps
@@ -85,7 +91,7 @@ impl KafkaConfig {
     pub fn to_rdkafka(&self, role: ClientRole) -> ClientConfig {
         let mut c = ClientConfig::new();
         match role {
-            ClientRole::Producer | ClientRole::Isolated => {
+            ClientRole::Producer | ClientRole::Isolated | ClientRole::Transactional => {
                 for (k, v) in DEFAULTS {
                     c.set(*k, *v);
                 }
@@ -99,6 +105,12 @@ impl KafkaConfig {
                 }
                 if role == ClientRole::Isolated {
                     c.set("enable.gapless.guarantee", "false");
+                }
+                if role == ClientRole::Transactional {
+                    c.remove("enable.gapless.guarantee");
+                    if !self.properties.contains_key("message.timeout.ms") {
+                        c.remove("message.timeout.ms");
+                    }
                 }
             }
             ClientRole::Admin => {
@@ -122,9 +134,21 @@ impl KafkaConfig {
 /// connecting anywhere: the client is built with no bootstrap servers and a
 /// context that keeps librdkafka's notes to itself. What `check-config` runs.
 pub fn validate(kafka: &KafkaConfig) -> Result<(), RelayError> {
-    for role in [ClientRole::Producer, ClientRole::Admin] {
+    for role in [
+        ClientRole::Producer,
+        ClientRole::Admin,
+        ClientRole::Transactional,
+    ] {
+        if role == ClientRole::Transactional
+            && kafka.delivery != crate::config::Delivery::ExactlyOnce
+        {
+            continue;
+        }
         let mut c = kafka.to_rdkafka(role);
         c.remove("bootstrap.servers");
+        if role == ClientRole::Transactional {
+            c.set("transactional.id", "check-config");
+        }
         let _client: rdkafka::producer::BaseProducer<Silent> = c
             .create_with_context(Silent)
             .map_err(|e| creation_error(e, "checking the Kafka client configuration"))?;
@@ -203,7 +227,7 @@ pub fn check_properties(props: &BTreeMap<String, String>) -> Result<(), ConfigEr
             "transactional.id" => {
                 return Err(ConfigError::new(
                     key,
-                    "not supported: the relay uses idempotence and checkpoints, not transactions",
+                    "set by the relay: use kafka.transactional-id (with kafka.delivery = \"exactly-once\")",
                 ));
             }
             _ => {}

@@ -13,7 +13,9 @@ pub mod cloudevents;
 pub mod kafka_config;
 pub mod message;
 pub mod producer;
+pub mod progress_topic;
 pub mod route;
+pub mod transactional;
 
 pub use message::TxnMeta;
 pub use producer::{Delivery, FailedMessage, MsgTag, Publisher, SendError};

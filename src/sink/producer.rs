@@ -227,7 +227,7 @@ where
 
 /// Run a blocking librdkafka call (a metadata request) from async code: on a
 /// multi-threaded runtime the worker hands its other tasks on first.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -255,8 +255,16 @@ impl Publisher {
     /// Create the producer and its delivery channel. Fails with a config
     /// error naming `kafka.properties` when librdkafka rejects a property.
     pub fn new(cfg: &Config) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>)> {
+        Self::with_config(cfg, cfg.kafka.to_rdkafka(ClientRole::Producer))
+    }
+
+    /// [`Publisher::new`] with the main producer built from `cc` (the
+    /// exactly-once producer: [`ClientRole::Transactional`] plus its id).
+    pub fn with_config(
+        cfg: &Config,
+        cc: ClientConfig,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>)> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let cc = cfg.kafka.to_rdkafka(ClientRole::Producer);
         let producer: ThreadedProducer<ReportingContext> = cc
             .create_with_context(ReportingContext::new(tx.clone()))
             .map_err(|e| kafka_config::creation_error(e, "creating producer"))?;
@@ -496,6 +504,12 @@ impl Publisher {
             format!("the producer stopped: {reason}{hint}"),
             KafkaError::Global(code),
         ))
+    }
+
+    /// The main producer, for the transaction calls of
+    /// [`crate::sink::transactional`].
+    pub fn producer(&self) -> &ThreadedProducer<ReportingContext> {
+        &self.producer
     }
 
     /// Messages enqueued or in flight inside librdkafka.

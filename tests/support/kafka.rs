@@ -160,7 +160,9 @@ pub fn read_all(
     expected: usize,
     deadline: Duration,
 ) -> Vec<Received> {
-    read_inner(bootstrap, topic, deadline, |got, _| got.len() >= expected)
+    read_inner(bootstrap, topic, deadline, READ_UNCOMMITTED, |got, _| {
+        got.len() >= expected
+    })
 }
 
 /// Like [`read_all`] but returns once no new record arrived for `quiet` (or `deadline`
@@ -171,7 +173,7 @@ pub fn read_until_quiet(
     quiet: Duration,
     deadline: Duration,
 ) -> Vec<Received> {
-    read_inner(bootstrap, topic, deadline, |_, last| {
+    read_inner(bootstrap, topic, deadline, READ_UNCOMMITTED, |_, last| {
         last.elapsed() >= quiet
     })
 }
@@ -202,10 +204,13 @@ pub async fn read_until_quiet_async(
         .expect("read_until_quiet panicked")
 }
 
+const READ_UNCOMMITTED: &str = "read_uncommitted";
+
 fn read_inner(
     bootstrap: &str,
     topic: &str,
     deadline: Duration,
+    isolation: &str,
     mut done: impl FnMut(&[Received], Instant) -> bool,
 ) -> Vec<Received> {
     let end = Instant::now() + deadline;
@@ -219,7 +224,7 @@ fn read_inner(
         .set("allow.auto.create.topics", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
-        .set("isolation.level", "read_uncommitted")
+        .set("isolation.level", isolation)
         .create()
         .expect("create BaseConsumer");
 
@@ -284,7 +289,24 @@ pub async fn read_until_async(
     mut done: impl FnMut(&[Received]) -> bool + Send + 'static,
 ) -> Vec<Received> {
     let (b, t) = (bootstrap.to_string(), topic.to_string());
-    tokio::task::spawn_blocking(move || read_inner(&b, &t, deadline, |got, _| done(got)))
+    tokio::task::spawn_blocking(move || {
+        read_inner(&b, &t, deadline, READ_UNCOMMITTED, |got, _| done(got))
+    })
+    .await
+    .expect("read_until panicked")
+}
+
+/// Like [`read_until_async`] as a `read_committed` consumer (what exactly-once
+/// consumers run): records of aborted or still open transactions are never
+/// returned. `done` also gets the time of the last record.
+pub async fn read_committed_until_async(
+    bootstrap: &str,
+    topic: &str,
+    deadline: Duration,
+    done: impl FnMut(&[Received], Instant) -> bool + Send + 'static,
+) -> Vec<Received> {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || read_inner(&b, &t, deadline, "read_committed", done))
         .await
-        .expect("read_until panicked")
+        .expect("read_committed_until panicked")
 }

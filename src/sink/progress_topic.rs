@@ -1,0 +1,308 @@
+//! The exactly-once resume position: a progress record on a
+//! single-partition compacted topic (`kafka.progress-topic`), written as the
+//! last message of every Kafka transaction, so it commits atomically with
+//! the messages it covers (invariant 9).
+//!
+//! The record, JSON keyed by the transactional id (one topic serves many
+//! relays; compaction keeps the newest per key):
+//!
+//! ```json
+//! {"v":1,"commit_lsn":"0/16B3700","index":2500,"end_lsn":null,"epoch":7}
+//! ```
+//!
+//! * `commit_lsn` — the PostgreSQL transaction the Kafka transaction ended in
+//!   (where its commit record starts).
+//! * `end_lsn` — set when that transaction was published whole: resume at
+//!   `end_lsn` and skip commits strictly below it (invariant 2's rule).
+//!   `null` when the Kafka transaction ended inside it (a split): resume at
+//!   `commit_lsn` and skip the first `index` inserts of that transaction —
+//!   pgoutput sends a transaction identically every time, so the index names
+//!   the same row.
+//! * `epoch` — one more than the epoch read at startup: which relay session
+//!   wrote it (for operators and tests; resume does not need it).
+//! * `failed` — (only when not empty) dead-lettered rows not yet marked
+//!   FAILED in PostgreSQL.
+//!
+//! Reading it (Materialize's sink does the same): ask the high watermark
+//! first, then scan the partition from the start with `read_committed`
+//! until the consumer's position reaches that watermark, keeping the newest
+//! record of our key. Offsets alone say nothing — commit markers and aborted
+//! records take offsets too — and a record of a transaction still open (ours
+//! was just aborted by `init_transactions`; another relay's may be) is not
+//! past the last stable offset yet: the scan waits for it.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::{RelayError, Result};
+use crate::sink::kafka_config::ClientRole;
+use crate::sink::message::{format_lsn, parse_lsn};
+
+/// The record's format version.
+pub const VERSION: u32 = 1;
+
+/// One progress record (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    /// Format version ([`VERSION`]).
+    pub v: u32,
+    /// Commit LSN of the PostgreSQL transaction the Kafka transaction ended in.
+    pub commit_lsn: String,
+    /// Inserts of that transaction published so far.
+    pub index: u64,
+    /// Its end LSN when it was published whole; `None` for a split.
+    pub end_lsn: Option<String>,
+    /// The writing session's epoch.
+    pub epoch: u64,
+    /// Rows dead-lettered in this or an earlier committed transaction and
+    /// not yet marked FAILED in PostgreSQL, as (id, attempts): the marks
+    /// happen after the commit, so a crash in between must not lose them —
+    /// the next session marks these first (idempotent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<(i64, i32)>,
+}
+
+/// Where a session resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resume {
+    /// Where to start the stream; commits strictly below were published.
+    pub lsn: u64,
+    /// Inserts to skip of the transaction whose commit LSN is `lsn` (a
+    /// split); 0 otherwise.
+    pub skip: u64,
+    /// The epoch of the record resumed from (0: none).
+    pub epoch: u64,
+}
+
+impl ProgressRecord {
+    /// A record for a Kafka transaction that ended after `index` inserts of
+    /// the transaction committed at `commit_lsn`, whole when `end_lsn` is set.
+    pub fn new(commit_lsn: u64, index: u64, end_lsn: Option<u64>, epoch: u64) -> Self {
+        Self {
+            v: VERSION,
+            commit_lsn: format_lsn(commit_lsn),
+            index,
+            end_lsn: end_lsn.map(format_lsn),
+            epoch,
+            failed: Vec::new(),
+        }
+    }
+
+    /// The resume position it stands for.
+    pub fn resume(&self) -> Result<Resume> {
+        let bad = |what: &str| {
+            RelayError::Environment(format!(
+                "kafka.progress-topic holds a progress record with {what}: {self:?}"
+            ))
+        };
+        if self.v != VERSION {
+            return Err(bad("an unknown format version"));
+        }
+        let commit = parse_lsn(&self.commit_lsn).ok_or_else(|| bad("a bad commit_lsn"))?;
+        Ok(match &self.end_lsn {
+            Some(e) => Resume {
+                lsn: parse_lsn(e).ok_or_else(|| bad("a bad end_lsn"))?,
+                skip: 0,
+                epoch: self.epoch,
+            },
+            None => Resume {
+                lsn: commit,
+                skip: self.index,
+                epoch: self.epoch,
+            },
+        })
+    }
+
+    /// The JSON value.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a progress record serializes")
+    }
+}
+
+/// The newest committed progress record keyed `key` (blocking: run it off
+/// the async workers). `None` when there is none yet.
+pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<ProgressRecord>> {
+    let topic = cfg.kafka.progress_topic.as_str();
+    let end = Instant::now() + deadline;
+    let mut cc = cfg.kafka.to_rdkafka(ClientRole::Admin);
+    cc.set(
+        "group.id",
+        format!("outbox-relay-progress-{}", std::process::id()),
+    )
+    .set("isolation.level", "read_committed")
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("enable.partition.eof", "true")
+    .set("auto.offset.reset", "earliest")
+    .set("allow.auto.create.topics", "false")
+    .set("fetch.wait.max.ms", "50");
+    let consumer: BaseConsumer = cc.create().map_err(|e| {
+        crate::sink::kafka_config::creation_error(e, "creating the progress reader")
+    })?;
+    let kafka = |what: &str, e: KafkaError| RelayError::kafka(format!("{what} {topic}"), e);
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| kafka("metadata of the progress topic", e))?;
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    match partitions {
+        1 => {}
+        0 => {
+            return Err(RelayError::Environment(format!(
+                "kafka.progress-topic: topic {topic} does not exist: run `outbox-relay init` \
+                 (or set kafka.create-topics = true)"
+            )))
+        }
+        n => {
+            return Err(RelayError::Environment(format!(
+                "kafka.progress-topic: topic {topic} has {n} partitions; it must have exactly 1 \
+                 (the newest record must be the last one)"
+            )))
+        }
+    }
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .map_err(|e| kafka("watermarks of the progress topic", e))?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .map_err(|e| kafka("assigning the progress topic", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| kafka("assigning the progress topic", e))?;
+    let mut last: Option<ProgressRecord> = None;
+    loop {
+        if Instant::now() >= end {
+            return Err(RelayError::Timeout(format!(
+                "reading kafka.progress-topic {topic} up to offset {high}"
+            )));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if m.key() == Some(key.as_bytes()) {
+                    if let Some(p) = m.payload() {
+                        let rec: ProgressRecord = serde_json::from_slice(p).map_err(|e| {
+                            RelayError::Environment(format!(
+                                "kafka.progress-topic {topic}: unreadable progress record at \
+                                 offset {}: {e}",
+                                m.offset()
+                            ))
+                        })?;
+                        last = Some(rec);
+                    }
+                }
+                if m.offset() + 1 >= high {
+                    return Ok(last);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                let pos = consumer
+                    .position()
+                    .ok()
+                    .and_then(|t| t.find_partition(topic, 0).and_then(|p| p.offset().to_raw()));
+                if pos.is_some_and(|p| p >= high) {
+                    return Ok(last);
+                }
+            }
+            Some(Err(e)) => return Err(kafka("reading the progress topic", e)),
+            None => {}
+        }
+    }
+}
+
+/// Create the progress topic if it is missing: one partition, compacted,
+/// replicated like the relay's own topics (factor min(3, brokers) unless
+/// `kafka.topic-replication-factor` says otherwise, `min.insync.replicas`
+/// min(2, factor)).
+pub async fn ensure(cfg: &Config) -> Result<()> {
+    let topic = &cfg.kafka.progress_topic;
+    let admin: AdminClient<DefaultClientContext> = cfg
+        .kafka
+        .to_rdkafka(ClientRole::Admin)
+        .create()
+        .map_err(|e| RelayError::kafka("creating admin client", e))?;
+    let mut rf = cfg.kafka.topic_replication_factor;
+    if rf <= 0 {
+        let md = crate::sink::producer::blocking(|| {
+            admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map_err(|e| RelayError::kafka("asking the cluster for its brokers", e))
+        })?;
+        rf = (md.brokers().len() as i32).clamp(1, 3);
+    }
+    let isr = rf.min(2).to_string();
+    let nt = NewTopic::new(topic, 1, TopicReplication::Fixed(rf))
+        .set("cleanup.policy", "compact")
+        .set("min.insync.replicas", &isr);
+    let res = admin
+        .create_topics(
+            &[nt],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| RelayError::kafka(format!("creating progress topic {topic}"), e))?;
+    for r in res {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(RelayError::kafka(
+                    format!("creating progress topic {t} (kafka.progress-topic)"),
+                    KafkaError::AdminOp(code),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_transaction_resumes_at_its_end_a_split_one_at_its_commit() {
+        let whole = ProgressRecord::new(0x100, 3, Some(0x180), 2);
+        assert_eq!(
+            whole.resume().unwrap(),
+            Resume {
+                lsn: 0x180,
+                skip: 0,
+                epoch: 2
+            }
+        );
+        let split = ProgressRecord::new(0x100, 2500, None, 3);
+        assert_eq!(
+            split.resume().unwrap(),
+            Resume {
+                lsn: 0x100,
+                skip: 2500,
+                epoch: 3
+            }
+        );
+        let json = String::from_utf8(split.to_json()).unwrap();
+        assert!(json.contains("\"v\":1"), "{json}");
+        let back: ProgressRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, split);
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused() {
+        let mut r = ProgressRecord::new(1, 0, Some(2), 1);
+        r.v = 9;
+        assert!(r.resume().is_err());
+    }
+}
