@@ -15,3 +15,6 @@ ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS blocked_reas
 ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS recovery_started_at timestamptz;
 ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS recovery_snapshot pg_snapshot;
 ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS recovery_base pg_snapshot;
+-- Partition counts of the topics the relay writes, as first seen, and the drift
+-- found since (see `kafka.topic-check-interval`).
+ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS topic_check jsonb;

@@ -302,6 +302,11 @@ pub struct KafkaConfig {
     pub topic_replication_factor: i32,
     /// Dead-letter topic for rows that cannot be published.
     pub dlq_topic: String,
+    /// How often the topics the relay writes are checked for drift (a
+    /// missing DLQ topic, a changed partition count; see
+    /// [`crate::topic_drift`]); also once at startup. `0s` disables.
+    #[serde(with = "humantime_serde")]
+    pub topic_check_interval: Duration,
     /// Add a `relay_instance` header (`host:pid:start-ms`) to every message,
     /// so consumers and tests can tell which relay produced it (after a
     /// takeover, for example). Off by default: it costs bytes per message.
@@ -327,6 +332,7 @@ impl Default for KafkaConfig {
             topic_partitions: 3,
             topic_replication_factor: 0,
             dlq_topic: "outbox.dlq".into(),
+            topic_check_interval: Duration::from_secs(60),
             instance_header: false,
             properties: BTreeMap::new(),
             format: MessageFormat::Raw,

@@ -152,7 +152,10 @@ pub fn init_statements(cfg: &Config) -> Vec<Step> {
          -- (see `outbox-relay replay --status PENDING`).\n\
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_started_at timestamptz;\n\
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_snapshot pg_snapshot;\n\
-         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_base pg_snapshot;\n"
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_base pg_snapshot;\n\
+         -- Partition counts of the topics the relay writes, as first seen, and the drift\n\
+         -- found since (see `kafka.topic-check-interval`).\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS topic_check jsonb;\n"
     );
     let mut steps = vec![
         Step {

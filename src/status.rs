@@ -25,6 +25,9 @@
 //! * **lost slot** — after `init` replaced a lost slot: how many PENDING rows
 //!   the new slot will never deliver, until `replay --status PENDING`
 //!   publishes them ([`crate::recovery`]).
+//! * **topic drift** — what the running relay's drift check last recorded
+//!   in the checkpoint table: a missing DLQ topic, a topic whose partition
+//!   count changed since it was first seen ([`crate::topic_drift`]).
 //! * **rows** — outbox rows by the status column (`PENDING`, `PROCESSED`,
 //!   `FAILED`), and the age of the oldest `PENDING` row. Rows stay `PENDING`
 //!   until the janitor marks them, so this age includes the janitor's delay.
@@ -63,6 +66,8 @@ pub struct Status {
     /// Relays with a leader-election connection for this slot (leader
     /// first), from `pg_stat_activity`.
     pub relays: Vec<RelayInstance>,
+    /// Topic drift the running relay last recorded ([`crate::topic_drift`]).
+    pub topic_drift: Vec<crate::topic_drift::Finding>,
 }
 
 /// One relay process seen through its leader-election connection.
@@ -294,7 +299,13 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         .collect();
     relays.sort_by(|a, b| (a.role != "leader", &a.since).cmp(&(b.role != "leader", &b.since)));
 
+    let topic_drift = crate::topic_drift::load(client, cfg)
+        .await?
+        .map(|r| r.drift)
+        .unwrap_or_default();
+
     Ok(Status {
+        topic_drift,
         relays,
         slot_name,
         slot,
@@ -404,6 +415,9 @@ pub fn render_table(s: &Status) -> String {
             format!("{n} PENDING row(s) committed before the new slot: run `outbox-relay replay --status PENDING`"),
         );
     }
+    for f in &s.topic_drift {
+        out.push(("TOPIC DRIFT".into(), f.to_string()));
+    }
     if s.relays.is_empty() {
         out.push((
             "relays".into(),
@@ -491,6 +505,7 @@ mod tests {
             oldest_pending: None,
             lost_slot_rows: None,
             relays: vec![],
+            topic_drift: vec![],
         }
     }
 

@@ -282,6 +282,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("cleanup.archive-retention-days", "\"30d\"", "wrong type"),
     // kafka (instance header)
     ("kafka.instance-header", "1", "wrong type"),
+    ("kafka.topic-check-interval", "60", "wrong type"),
+    ("kafka.topic-check-interval", "\"often\"", "bad duration"),
     // ha
     ("ha.enabled", "\"yes\"", "wrong type"),
     ("ha.lease", "\"50ms\"", "below 100ms"),
@@ -327,6 +329,10 @@ const ANY_WELL_TYPED_VALUE: &[(&str, &str)] = &[
     (
         "kafka.instance-header",
         "a switch: on adds the relay_instance header",
+    ),
+    (
+        "kafka.topic-check-interval",
+        "0s turns the topic drift check off; any other duration is a period",
     ),
     (
         "ha.enabled",

@@ -26,4 +26,5 @@ mod security;
 mod sql_files;
 mod support;
 mod table_health;
+mod topic_drift;
 mod verify;

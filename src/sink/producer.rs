@@ -342,6 +342,7 @@ impl Publisher {
             }
         }
         self.known_topics.insert(topic.to_string());
+        crate::topic_drift::note_topic(topic);
         Ok(())
     }
 
@@ -375,6 +376,7 @@ impl Publisher {
         };
         if refusal.is_none() {
             self.known_topics.insert(topic.to_string());
+            crate::topic_drift::note_topic(topic);
         }
         Ok(refusal)
     }
