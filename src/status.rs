@@ -68,6 +68,88 @@ pub struct Status {
     pub relays: Vec<RelayInstance>,
     /// Topic drift the running relay last recorded ([`crate::topic_drift`]).
     pub topic_drift: Vec<crate::topic_drift::Finding>,
+    /// Per outbox table, with `outbox.tables` (empty with one table: `rows`,
+    /// `oldest_pending` and `lag` are then that table's; with several they
+    /// are the sums, the oldest and the largest).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableStatus>,
+}
+
+/// One outbox table's part of the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    /// `schema.table`.
+    pub table: String,
+    /// Rows by status.
+    pub rows: Rows,
+    /// The oldest `PENDING` row.
+    pub oldest_pending: Option<Age>,
+    /// Age of the oldest `PENDING` row newer than the checkpoint.
+    pub lag_seconds: f64,
+}
+
+/// Rows, oldest pending row and lag seconds of one table's view.
+async fn table_status(client: &Client, cfg: &Config) -> Result<TableStatus> {
+    let ckpt_table = cfg.checkpoint_table();
+    let slot_name = &cfg.postgres.slot;
+    let c = &cfg.outbox.columns;
+    let table = cfg.outbox.table.clone();
+    let (st, ca) = (&c.status, &c.created_at);
+    let mut rows = Rows::default();
+    for r in client
+        .query(
+            &format!("SELECT {st}::text, count(*) FROM {table} GROUP BY 1"),
+            &[],
+        )
+        .await
+        .map_err(|e| RelayError::postgres(format!("counting outbox rows of {table}"), e))?
+    {
+        let status: Option<String> = r.get(0);
+        let n: i64 = r.get(1);
+        match status.as_deref() {
+            Some("PENDING") => rows.pending += n,
+            Some("PROCESSED") => rows.processed += n,
+            Some("FAILED") => rows.failed += n,
+            _ => {}
+        }
+    }
+    let oldest_pending = client
+        .query_one(
+            &format!(
+                "SELECT to_char(min({ca}) AT TIME ZONE 'UTC', '{RFC3339}'), \
+                        extract(epoch FROM now() - min({ca}))::float8 \
+                 FROM {table} WHERE {st} = 'PENDING'"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| RelayError::postgres("reading the oldest pending row", e))
+        .map(|r| {
+            let at: Option<String> = r.get(0);
+            at.map(|at| Age {
+                at,
+                age_seconds: r.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0),
+            })
+        })?;
+    let lag_seconds: Option<f64> = client
+        .query_one(
+            &format!(
+                "SELECT extract(epoch FROM now() - min(o.{ca}))::float8 FROM {table} o \
+                 WHERE o.{st} = 'PENDING' AND o.{ca} > coalesce( \
+                     (SELECT updated_at FROM {}.{} WHERE slot_name = $1), '-infinity')",
+                ckpt_table.schema, ckpt_table.name
+            ),
+            &[slot_name],
+        )
+        .await
+        .map_err(|e| RelayError::postgres("computing lag seconds", e))?
+        .get(0);
+    Ok(TableStatus {
+        table,
+        rows,
+        oldest_pending,
+        lag_seconds: lag_seconds.unwrap_or(0.0).max(0.0),
+    })
 }
 
 /// One relay process seen through its leader-election connection.
@@ -220,63 +302,33 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         _ => None,
     };
 
-    let t = cfg.outbox_table();
-    let c = &cfg.outbox.columns;
-    let table = format!("{}.{}", t.schema, t.name);
-    let (st, ca) = (&c.status, &c.created_at);
     let mut rows = Rows::default();
-    for r in client
-        .query(
-            &format!("SELECT {st}::text, count(*) FROM {table} GROUP BY 1"),
-            &[],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("counting outbox rows (outbox.table)", e))?
-    {
-        let status: Option<String> = r.get(0);
-        let n: i64 = r.get(1);
-        match status.as_deref() {
-            Some("PENDING") => rows.pending += n,
-            Some("PROCESSED") => rows.processed += n,
-            Some("FAILED") => rows.failed += n,
-            _ => {}
+    let mut oldest_pending: Option<Age> = None;
+    let mut lag_seconds: f64 = 0.0;
+    let mut tables = Vec::new();
+    for view in cfg.per_table() {
+        let t = table_status(client, &view).await?;
+        rows.pending += t.rows.pending;
+        rows.processed += t.rows.processed;
+        rows.failed += t.rows.failed;
+        if let Some(a) = &t.oldest_pending {
+            if oldest_pending
+                .as_ref()
+                .is_none_or(|o| a.age_seconds > o.age_seconds)
+            {
+                oldest_pending = Some(a.clone());
+            }
         }
+        lag_seconds = lag_seconds.max(t.lag_seconds);
+        tables.push(t);
     }
-    let oldest_pending = client
-        .query_one(
-            &format!(
-                "SELECT to_char(min({ca}) AT TIME ZONE 'UTC', '{RFC3339}'), \
-                        extract(epoch FROM now() - min({ca}))::float8 \
-                 FROM {table} WHERE {st} = 'PENDING'"
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("reading the oldest pending row", e))
-        .map(|r| {
-            let at: Option<String> = r.get(0);
-            at.map(|at| Age {
-                at,
-                age_seconds: r.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0),
-            })
-        })?;
-    let lag_seconds: Option<f64> = client
-        .query_one(
-            &format!(
-                "SELECT extract(epoch FROM now() - min(o.{ca}))::float8 FROM {table} o \
-                 WHERE o.{st} = 'PENDING' AND o.{ca} > coalesce( \
-                     (SELECT updated_at FROM {}.{} WHERE slot_name = $1), '-infinity')",
-                ckpt_table.schema, ckpt_table.name
-            ),
-            &[&slot_name],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("computing lag seconds", e))?
-        .get(0);
+    if !cfg.multi_table() {
+        tables.clear();
+    }
     let recovery = crate::recovery::load(client, cfg).await?;
     let lost_slot_rows = if recovery.started {
         Some(
-            crate::recovery::lost_range(client, cfg, &recovery)
+            crate::recovery::lost_range_all(client, cfg, &recovery)
                 .await?
                 .rows,
         )
@@ -305,6 +357,7 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         .unwrap_or_default();
 
     Ok(Status {
+        tables,
         topic_drift,
         relays,
         slot_name,
@@ -313,7 +366,7 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         checkpoint,
         lag: Lag {
             bytes: lag_bytes,
-            seconds: lag_seconds.unwrap_or(0.0).max(0.0),
+            seconds: lag_seconds,
         },
         rows,
         oldest_pending,
@@ -409,6 +462,21 @@ pub fn render_table(s: &Status) -> String {
             None => "none".to_string(),
         },
     );
+    for t in &s.tables {
+        row(
+            &format!("rows {}", t.table),
+            format!(
+                "{} pending, {} processed, {} failed; oldest pending {}",
+                t.rows.pending,
+                t.rows.processed,
+                t.rows.failed,
+                match &t.oldest_pending {
+                    Some(a) => format!("{} ago", human_secs(a.age_seconds)),
+                    None => "none".to_string(),
+                }
+            ),
+        );
+    }
     if let Some(n) = s.lost_slot_rows {
         row(
             "LOST SLOT",
@@ -506,6 +574,7 @@ mod tests {
             lost_slot_rows: None,
             relays: vec![],
             topic_drift: vec![],
+            tables: vec![],
         }
     }
 

@@ -240,6 +240,33 @@ const CASES: &[(&str, &str, &str)] = &[
     ("relay.max-payload-bytes", "0", "zero"),
     ("relay.batch-size", "0", "zero"),
     ("relay.batch-size", "1.5", "wrong type"),
+    // outbox.tables
+    ("outbox.tables", "\"public.a\"", "wrong type"),
+    (
+        "outbox.tables",
+        "[{ table = \"bad name\" }]",
+        "bad table name",
+    ),
+    (
+        "outbox.tables",
+        "[{ table = \"a.b\", topic = \"x\" }]",
+        "unknown field",
+    ),
+    (
+        "outbox.tables",
+        "[{ table = \"a.b\" }, { table = \"a.b\" }]",
+        "the same table twice",
+    ),
+    (
+        "outbox.tables",
+        "[{ table = \"a.b\", topic-template = \"bad topic!\" }]",
+        "illegal topic template",
+    ),
+    (
+        "outbox.tables",
+        "[{ table = \"a.b\", columns = { id = \"1d\" } }]",
+        "bad column name",
+    ),
     // metrics
     (
         "metrics.listen",
