@@ -21,8 +21,9 @@ pub struct Step {
 /// Everything `init` creates (except the slot), in order.
 ///
 /// With several outbox tables (`outbox.tables`): each table, its emit
-/// function and archive as for one table, except that the tables `init`
-/// creates draw their ids from one shared sequence ([`id_sequence`]); one
+/// function and archive as for one table (its schema created if missing),
+/// except that the tables `init` creates draw their ids from one shared
+/// sequence ([`id_sequence`]); one
 /// publication covering all of them (an existing one is extended with the
 /// tables it lacks); one checkpoint table.
 pub fn init_statements(cfg: &Config) -> Vec<Step> {
@@ -45,9 +46,13 @@ pub fn init_statements(cfg: &Config) -> Vec<Step> {
             match step.file {
                 "001_outbox_table.sql" => steps.push(Step {
                     file: step.file,
-                    sql: step.sql.replace(
-                        "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-                        &format!("bigint PRIMARY KEY DEFAULT nextval('{seq}')"),
+                    sql: format!(
+                        "CREATE SCHEMA IF NOT EXISTS {};\n{}",
+                        view.outbox_table().schema,
+                        step.sql.replace(
+                            "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                            &format!("bigint PRIMARY KEY DEFAULT nextval('{seq}')"),
+                        )
                     ),
                 }),
                 "003_emit_function.sql" => steps.push(step),

@@ -17,6 +17,7 @@ mod fixture;
 mod ha;
 mod janitor;
 mod kafka_security;
+mod multi_table;
 mod observability;
 mod odd_data;
 mod refusals;
