@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::fixture::{Arrival, Env};
+use crate::fixture::{Arrival, Env, DLQ_TOPIC};
 use crate::support::{self, kafka};
 
 const ORDERS: &str = "outbox.order";
@@ -147,6 +147,47 @@ async fn two_tables_interleaved_in_transactions_keep_one_commit_order() {
     )
     .await;
 
+    // A bad row of the second table (an illegal topic name) is dead-lettered,
+    // named by table and id, and marked FAILED in its own table only.
+    let bad: i64 = c
+        .query_one(
+            "SELECT billing.outbox_emit('invoice', 'k0', 'Created', '{}'::jsonb, NULL, 'bad topic!')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let dlq = env.read(DLQ_TOPIC, 1, Duration::from_secs(60)).await;
+    let msg = dlq
+        .iter()
+        .find(|m| m.header_str("id") == Some(bad.to_string()))
+        .expect("the bad row on the DLQ");
+    let why = msg.header_str("dlq.error.message").unwrap();
+    assert!(why.contains(&format!("billing.outbox id={bad}")), "{why}");
+    support::wait_until_msg(
+        "the bad row FAILED in billing.outbox",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let s: String = c
+                .query_one("SELECT status FROM billing.outbox WHERE id = $1", &[&bad])
+                .await
+                .unwrap()
+                .get(0);
+            s == "FAILED"
+        },
+    )
+    .await;
+    let failed: i64 = c
+        .query_one(
+            "SELECT count(*) FROM public.outbox WHERE status = 'FAILED'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 0, "no row of the other table marked FAILED");
+
     // status counts per table.
     let out = env.relay_command(&["status", "--json"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -159,6 +200,7 @@ async fn two_tables_interleaved_in_transactions_keep_one_commit_order() {
         Some(invoices.len() as i64)
     );
     assert_eq!(v["rows"]["processed"].as_i64(), Some(rows.len() as i64));
+    assert_eq!(v["rows"]["failed"].as_i64(), Some(1));
 
     // replay --table picks the table: a billing id replayed (dry run) is found there.
     let id = *invoices.iter().min().unwrap();
