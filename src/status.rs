@@ -31,6 +31,9 @@
 //! * **rows** — outbox rows by the status column (`PENDING`, `PROCESSED`,
 //!   `FAILED`), and the age of the oldest `PENDING` row. Rows stay `PENDING`
 //!   until the janitor marks them, so this age includes the janitor's delay.
+//!   With several outbox tables (`outbox.tables`) each table gets a line of
+//!   its own (`tables` in JSON) and these are the sums, the oldest and the
+//!   largest lag.
 //!
 //! Nothing printed contains a secret: the connection URL is never shown.
 
