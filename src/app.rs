@@ -164,9 +164,9 @@ enum SupervisorEnd {
     Fenced,
 }
 
-/// With `ha.enabled`: stand by until this relay holds the slot's lock (and
-/// the grace period passed), lead until shutdown or the lease runs out, and
-/// after a fence stand by again. On shutdown the lock is released right
+/// With `ha.enabled`: stand by until this relay holds the slot's lock, lead
+/// (streaming once the grace period passed) until shutdown or the lease runs
+/// out, and after a fence stand by again. On shutdown the lock is released right
 /// after the drain and the checkpoint, so a standby takes over at once.
 async fn supervise_ha(
     cfg: &Config,
@@ -178,7 +178,7 @@ async fn supervise_ha(
         let Some(lease) = crate::leader::acquire(cfg, health, &mut stop).await? else {
             return Ok(());
         };
-        let ended = supervise(cfg, health, stop.clone(), Some(lease.fence())).await;
+        let ended = supervise(cfg, health, stop.clone(), Some(lease.leadership())).await;
         match ended {
             Ok(SupervisorEnd::Fenced) => {
                 crate::leader::step_down(health);
@@ -200,8 +200,9 @@ async fn supervise(
     cfg: &Config,
     health: &crate::health::SharedHealth,
     mut shutdown: watch::Receiver<bool>,
-    fence: Option<watch::Receiver<bool>>,
+    leader: Option<crate::leader::Leadership>,
 ) -> Result<SupervisorEnd> {
+    let fence = leader.as_ref().map(|l| l.fence.clone());
     let mut backoff = Backoff::new(cfg.relay.backoff_initial, cfg.relay.backoff_max);
     // Kept across sessions: the permanent-refusal ledger lives here.
     let mut stats = SessionStats::default();
@@ -209,7 +210,7 @@ async fn supervise(
     loop {
         let acked_before = stats.acked;
         let outcome =
-            relay::run_session(cfg, health, &mut shutdown, &mut stats, fence.clone()).await;
+            relay::run_session(cfg, health, &mut shutdown, &mut stats, leader.clone()).await;
         match outcome {
             Ok(relay::SessionEnd::Stopped) => return Ok(SupervisorEnd::Stopped),
             Err(_) if fenced(&fence) => return Ok(SupervisorEnd::Fenced),

@@ -74,6 +74,14 @@ pub enum SourceEvent {
 pub trait EventStream: Send {
     /// Next event; `Ok(None)` when the stream ended.
     fn recv(&mut self) -> impl Future<Output = Result<Option<SourceEvent>>> + Send;
+    /// The next event if one is ready now, without waiting: `None` when
+    /// nothing is. The loop drains ready events in a batch instead of going
+    /// through its `select!` (and possibly parking) once per event.
+    fn try_recv(&mut self) -> Option<Result<Option<SourceEvent>>> {
+        // `recv` is cancel-safe (an mpsc receive), so polling it once and
+        // dropping it loses nothing.
+        futures::FutureExt::now_or_never(self.recv())
+    }
     /// Report `lsn` as durable to the slot.
     fn confirm(&self, lsn: u64);
     /// End the stream: gracefully (stop, flush feedback) or at once.
@@ -112,6 +120,11 @@ pub trait MessageSink: Send {
     ) -> Enqueued;
     /// The next delivery report; `None` once the producer is gone.
     fn next_delivery(&mut self) -> impl Future<Output = Option<Delivery>> + Send;
+    /// A delivery report that is ready now, without waiting.
+    fn try_next_delivery(&mut self) -> Option<Delivery> {
+        // Cancel-safe like `recv` above.
+        futures::FutureExt::now_or_never(self.next_delivery()).flatten()
+    }
     /// Make sure `topic` can take messages (creating it when configured).
     fn check_topic(&mut self, topic: &str) -> impl Future<Output = Result<TopicState>> + Send;
     /// Drop everything not yet acknowledged (its reports may still come).
@@ -230,6 +243,10 @@ impl MessageSink for KafkaSink {
 
     async fn next_delivery(&mut self) -> Option<Delivery> {
         self.deliveries.recv().await
+    }
+
+    fn try_next_delivery(&mut self) -> Option<Delivery> {
+        self.deliveries.try_recv().ok()
     }
 
     async fn check_topic(&mut self, topic: &str) -> Result<TopicState> {

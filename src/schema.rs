@@ -249,6 +249,9 @@ fn single_table_statements(cfg: &Config) -> Vec<Step> {
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_started_at timestamptz;\n\
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_snapshot pg_snapshot;\n\
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_base pg_snapshot;\n\
+         -- What the row means, versioned (README \"Compatibility\"): a relay reads every format up to\n\
+         -- its own and refuses a newer one by name. Rows of releases before the column are format 1.\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS format smallint NOT NULL DEFAULT 1;\n\
          -- Partition counts of the topics the relay writes, as first seen, and the drift\n\
          -- found since (see `kafka.topic-check-interval`).\n\
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS topic_check jsonb;\n"

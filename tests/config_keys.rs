@@ -315,7 +315,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("ha.enabled", "\"yes\"", "wrong type"),
     ("ha.lease", "\"50ms\"", "below 100ms"),
     ("ha.poll-interval", "\"0s\"", "zero"),
-    ("ha.poll-interval", "\"900ms\"", "above ha.lease / 2 (1s)"),
+    ("ha.poll-interval", "\"900ms\"", "above ha.lease / 2"),
 ];
 
 /// Keys for which every value of the right type is legal, and why. Each

@@ -26,9 +26,13 @@ use crate::support::proxy::TcpProxy;
 /// The relay's dead-letter topic (before the env's prefix), created in every env.
 pub const DLQ_TOPIC: &str = "outbox.dlq";
 
-/// Path of the relay binary cargo built for this test run.
+/// Path of the relay binary cargo built for this test run, or
+/// `OUTBOX_RELAY_BIN` (to measure another build with the same tests, e.g.
+/// duplicates per crash before and after a change).
 pub fn relay_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay"))
+    std::env::var_os("OUTBOX_RELAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay")))
 }
 
 /// PostgreSQL, broker and a config file for the relay.
@@ -123,7 +127,7 @@ backoff-initial = "100ms"
 backoff-max = "1s"
 shutdown-timeout = "10s"
 {extra}
-"#,
+{ha}"#,
             url = self.url(),
             brokers = self.broker.bootstrap(),
             mif = self.max_in_flight,
@@ -136,6 +140,16 @@ shutdown-timeout = "10s"
                 )
             },
             metrics_port = self.metrics_port,
+            // Tests that are not about failover pin the lease at 1 s (the
+            // default is 500 ms): on this shared 2-core box a leader that
+            // fences itself on a slow `SELECT 1` re-sends from its checkpoint,
+            // and tests that count duplicates would flake. HA tests say `[ha]`
+            // in their extra TOML and get the defaults.
+            ha = if self.extra_toml.contains("[ha]") {
+                ""
+            } else {
+                "[ha]\nlease = \"1s\"\n"
+            },
             extra = self.extra_toml,
         );
         std::fs::write(self.config_path(), toml).expect("write config");
@@ -143,7 +157,13 @@ shutdown-timeout = "10s"
 
     /// The relay binary with this env's config and quiet-ish logging.
     pub fn relay_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(relay_bin());
+        self.relay_command_of(&relay_bin(), args)
+    }
+
+    /// [`relay_command`](Self::relay_command) of another relay binary (an
+    /// older release, tests/versions.rs).
+    pub fn relay_command_of(&self, bin: &std::path::Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin);
         c.arg("--config").arg(self.config_path()).args(args);
         c.env_remove("OUTBOX_RELAY_POSTGRES_URL")
             .env_remove("OUTBOX_RELAY_KAFKA_BROKERS")
@@ -159,11 +179,16 @@ shutdown-timeout = "10s"
     /// Like [`spawn_relay`](Self::spawn_relay) with extra environment
     /// (config overrides such as `OUTBOX_RELAY_RELAY_MAX_RETRY`).
     pub fn spawn_relay_with(&self, env: &[(&str, &str)]) -> RelayProc {
+        self.spawn_relay_of(&relay_bin(), env)
+    }
+
+    /// [`spawn_relay_with`](Self::spawn_relay_with) of another relay binary.
+    pub fn spawn_relay_of(&self, bin: &std::path::Path, env: &[(&str, &str)]) -> RelayProc {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = self.dir.path().join(format!("relay-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = self.relay_command(&["run"]);
+        let mut cmd = self.relay_command_of(bin, &["run"]);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -20,10 +20,12 @@ use crate::support::kafka::Received;
 use crate::support::postgres;
 use crate::support::proxy::TcpProxy;
 
-const TOPIC: &str = "outbox.order";
-const INSTANCE: (&str, &str) = ("OUTBOX_RELAY_KAFKA_INSTANCE_HEADER", "true");
+pub(crate) const TOPIC: &str = "outbox.order";
+pub(crate) const INSTANCE: (&str, &str) = ("OUTBOX_RELAY_KAFKA_INSTANCE_HEADER", "true");
+/// The `[ha]` defaults, not the fixture's pinned 1 s lease.
+pub(crate) const HA_DEFAULTS: &str = "[ha]\n";
 /// Several relays on one host: each its own metrics port.
-const OWN_PORT: (&str, &str) = ("OUTBOX_RELAY_METRICS_LISTEN", "127.0.0.1:0");
+pub(crate) const OWN_PORT: (&str, &str) = ("OUTBOX_RELAY_METRICS_LISTEN", "127.0.0.1:0");
 
 /// A relay with the instance header and a metrics port of its own.
 fn spawn(env: &Env) -> RelayProc {
@@ -34,13 +36,28 @@ fn heavy() -> bool {
     std::env::var("OUTBOX_HEAVY").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// A log line without its colour codes.
+pub(crate) fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in line.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
 /// Pid of the relay process in an instance id `host:pid:start`.
-fn instance_pid(instance: &str) -> Option<u32> {
+pub(crate) fn instance_pid(instance: &str) -> Option<u32> {
     instance.rsplit(':').nth(1)?.parse().ok()
 }
 
 /// The leader's relay pid, from its lock connection's application_name.
-async fn leader_pid(env: &Env) -> Option<u32> {
+pub(crate) async fn leader_pid(env: &Env) -> Option<u32> {
     let c = env.client().await;
     let rows = c
         .query(
@@ -61,7 +78,7 @@ async fn leader_pid(env: &Env) -> Option<u32> {
     pids.first().copied()
 }
 
-async fn wait_leader(env: &Env, not: Option<u32>, deadline: Duration) -> u32 {
+pub(crate) async fn wait_leader(env: &Env, not: Option<u32>, deadline: Duration) -> u32 {
     let end = Instant::now() + deadline;
     loop {
         if let Some(p) = leader_pid(env).await {
@@ -76,7 +93,12 @@ async fn wait_leader(env: &Env, not: Option<u32>, deadline: Duration) -> u32 {
 
 /// Writer `w`: small transactions, paced, until `stop` and at least `min`
 /// rows. Returns the committed ids.
-async fn paced_writer(url: String, w: usize, min: usize, stop: Arc<AtomicBool>) -> Vec<i64> {
+pub(crate) async fn paced_writer(
+    url: String,
+    w: usize,
+    min: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<i64> {
     let mut client = postgres::connect(&url).await.expect("writer connect");
     let mut ids = Vec::new();
     let mut seq = 0usize;
@@ -104,16 +126,16 @@ async fn paced_writer(url: String, w: usize, min: usize, stop: Arc<AtomicBool>) 
 
 /// What a tailing consumer saw so far.
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     /// First time a message of each instance was read.
-    first: HashMap<String, Instant>,
-    ids: HashSet<i64>,
+    pub first: HashMap<String, Instant>,
+    pub ids: HashSet<i64>,
     /// Set when the writers are done: the reader stops once all arrived.
-    want: Option<HashSet<i64>>,
+    pub want: Option<HashSet<i64>>,
 }
 
 /// Tail the topic in the background until every id in `want` arrived.
-fn tail(env: &Env, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<Vec<Received>> {
+pub(crate) fn tail(env: &Env, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<Vec<Received>> {
     let bootstrap = env.bootstrap();
     let topic = env.topic(TOPIC);
     tokio::spawn(async move {
@@ -147,7 +169,7 @@ fn tail(env: &Env, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<Vec<Receiv
 /// Per partition, the run of producing instances in offset order never
 /// returns to an earlier one: no message of an earlier leader after the
 /// first of a later one.
-fn assert_no_interleaving(msgs: &[Received]) {
+pub(crate) fn assert_no_interleaving(msgs: &[Received]) {
     let arrival = Arrival::of(msgs);
     for (p, ms) in &arrival.by_partition {
         let mut runs: Vec<String> = Vec::new();
@@ -172,7 +194,7 @@ fn assert_no_interleaving(msgs: &[Received]) {
 /// each takeover measured from the kill to the new leader's first message.
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_of_the_leader_hands_over_without_loss() {
-    let env = Env::start(&[TOPIC]).await;
+    let env = Env::start_with(&[TOPIC], HA_DEFAULTS, 1000).await;
     let kills = if heavy() { 10 } else { 5 };
     let mut relays: Vec<RelayProc> = (0..3).map(|_| spawn(&env)).collect();
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -208,6 +230,7 @@ async fn kill9_of_the_leader_hands_over_without_loss() {
             .expect("the leader is one of ours");
         let before: HashSet<String> = seen.lock().unwrap().first.keys().cloned().collect();
         let killed_at = Instant::now();
+        let killed_wall = std::time::SystemTime::now();
         relays[idx].kill9();
         relays[idx] = spawn(&env);
         // The next instance to publish is the new leader.
@@ -230,7 +253,35 @@ async fn kill9_of_the_leader_hands_over_without_loss() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        eprintln!("[ha] kill {k}: takeover {took:?}");
+        eprintln!(
+            "[ha] kill {k} at {}: takeover {took:?}",
+            humantime::format_rfc3339_micros(killed_wall)
+        );
+        // Where the time went: the new leader's election and session lines.
+        let new_pid = seen
+            .lock()
+            .unwrap()
+            .first
+            .keys()
+            .filter(|i| !before.contains(*i))
+            .find_map(|i| instance_pid(i));
+        if let Some(r) = relays
+            .iter()
+            .find(|r| r.pid().is_some() && r.pid() == new_pid)
+        {
+            for l in r.log_text().lines().filter(|l| {
+                [
+                    "won the slot",
+                    "longer lease",
+                    "became leader",
+                    "replication session started",
+                ]
+                .iter()
+                .any(|p| l.contains(p))
+            }) {
+                eprintln!("[ha]    {}", strip_ansi(l));
+            }
+        }
         takeovers.push(took);
         last_leader = Some(leader);
     }
@@ -263,11 +314,13 @@ async fn kill9_of_the_leader_hands_over_without_loss() {
         takeovers[takeovers.len() - 1],
         takeovers
     );
-    assert!(
-        takeovers[takeovers.len() - 1] < Duration::from_secs(10),
-        "a takeover took {:?}",
-        takeovers[takeovers.len() - 1]
+    // The numbers at the default lease (500 ms): p50 ≤ 1 s, max ≤ 3 s.
+    let (p50, max) = (
+        takeovers[takeovers.len() / 2],
+        takeovers[takeovers.len() - 1],
     );
+    assert!(p50 <= Duration::from_secs(1), "takeover p50 {p50:?}");
+    assert!(max <= Duration::from_secs(3), "a takeover took {max:?}");
 }
 
 /// The leader's PostgreSQL connections go through a proxy that stops
@@ -276,7 +329,7 @@ async fn kill9_of_the_leader_hands_over_without_loss() {
 /// partition shows a message of the old leader after the new one's first.
 #[tokio::test(flavor = "multi_thread")]
 async fn network_cut_leader_steps_down_and_leaders_never_interleave() {
-    let env = Env::start(&[TOPIC]).await;
+    let env = Env::start_with(&[TOPIC], HA_DEFAULTS, 1000).await;
     let proxy = TcpProxy::start(env.pg.addr()).await;
     let proxied_url = env.url().replace(
         &format!(":{}/", env.pg.port()),
@@ -363,7 +416,7 @@ async fn network_cut_leader_steps_down_and_leaders_never_interleave() {
 /// standby takes over without a single duplicate.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_of_the_leader_hands_over_without_duplicates() {
-    let env = Env::start(&[TOPIC]).await;
+    let env = Env::start_with(&[TOPIC], HA_DEFAULTS, 1000).await;
     let mut a = spawn(&env);
     let a_pid = a.pid().unwrap();
     assert_eq!(
@@ -409,7 +462,7 @@ async fn sigterm_of_the_leader_hands_over_without_duplicates() {
 /// checkpoint connection, two standby lock connections.
 #[tokio::test(flavor = "multi_thread")]
 async fn standbys_never_open_the_stream_or_write_the_checkpoint() {
-    let env = Env::start(&[TOPIC]).await;
+    let env = Env::start_with(&[TOPIC], HA_DEFAULTS, 1000).await;
     let a = spawn(&env);
     let a_pid = a.pid().unwrap();
     assert_eq!(
@@ -470,6 +523,8 @@ async fn standbys_never_open_the_stream_or_write_the_checkpoint() {
         assert!(!log.contains("replication session started"), "{log}");
         assert!(!log.contains("became leader"), "{log}");
     }
+    // At the default lease the leader renewed throughout.
+    assert!(!a.log_text().contains("stepped down"), "{}", a.log_text());
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     // status lists the leader and both standbys.
@@ -486,4 +541,37 @@ async fn standbys_never_open_the_stream_or_write_the_checkpoint() {
         "{text}"
     );
     drop(a);
+}
+
+/// Soak (`--ignored`; `OUTBOX_SOAK_SECS`, default 120): one leader at the
+/// default lease and a standby, paced writers, on whatever load the machine
+/// has — counts how often the leader fenced itself on a slow renewal (the
+/// risk a 500 ms lease takes; README "Choosing the lease").
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn soak_the_default_lease_under_load() {
+    let secs: u64 = std::env::var("OUTBOX_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let env = Env::start_with(&[TOPIC], HA_DEFAULTS, 1000).await;
+    let a = spawn(&env);
+    wait_leader(&env, None, Duration::from_secs(30)).await;
+    let b = spawn(&env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(paced_writer(env.url(), w, 100, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut n = 0;
+    for w in writers {
+        n += w.await.expect("writer").len();
+    }
+    let fences: usize = [&a, &b]
+        .iter()
+        .map(|r| r.log_text().matches("stepped down").count())
+        .sum();
+    eprintln!("[ha] soak {secs}s, {n} events: {fences} self-fences");
+    assert_eq!(fences, 0, "a leader fenced itself at the default lease");
 }

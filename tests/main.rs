@@ -29,3 +29,4 @@ mod support;
 mod table_health;
 mod topic_drift;
 mod verify;
+mod versions;

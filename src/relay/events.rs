@@ -9,7 +9,6 @@ use super::router::Route;
 use super::{unix_millis, Current, Session};
 use crate::decode::{self, Message};
 use crate::error::{RelayError, Result};
-use crate::metrics as m;
 use crate::ports::{Bookkeeping, MessageSink, SourceEvent};
 use crate::sink::message::TxnMeta;
 use crate::sink::{Delivery, MsgTag};
@@ -32,12 +31,13 @@ impl Session<'_> {
                     // registry lookup per message costs more than the rest
                     // of the ack path.
                     *self.published.entry(topic).or_insert(0) += 1;
-                    metrics::histogram!(m::PRODUCE_LATENCY)
+                    self.histograms
+                        .produce_latency
                         .record(tag.sent_at.elapsed().as_secs_f64());
                     let e2e = (unix_millis(SystemTime::now()) - tag.commit_unix_millis).max(0)
                         as f64
                         / 1000.0;
-                    metrics::histogram!(m::END_TO_END_LATENCY).record(e2e);
+                    self.histograms.end_to_end_latency.record(e2e);
                 }
                 self.policy.accepted(&mut self.stats.refusals, &tag);
                 self.health.set_broker_ok(true);
@@ -68,8 +68,10 @@ impl Session<'_> {
                 commit_time_micros,
             } => {
                 let skip = self.progress.skips(commit_lsn);
-                let meta = TxnMeta::new(commit_lsn, commit_time_micros)
-                    .with_cloudevents(self.cloudevents.clone());
+                let meta = std::sync::Arc::new(
+                    TxnMeta::new(commit_lsn, commit_time_micros)
+                        .with_cloudevents(self.cloudevents.clone()),
+                );
                 let seq = if skip {
                     0
                 } else {
@@ -87,7 +89,7 @@ impl Session<'_> {
                 if let Some(cur) = self.current.take().filter(|c| !c.skip) {
                     self.progress.commit(cur.seq, end_lsn);
                     if cur.rows > 0 {
-                        metrics::histogram!(m::TRANSACTION_SIZE).record(cur.rows as f64);
+                        self.histograms.transaction_size.record(cur.rows as f64);
                         self.last_activity = Instant::now();
                     }
                 }

@@ -31,6 +31,7 @@ mod policy;
 mod progress;
 mod router;
 mod send;
+mod thread;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,6 +45,7 @@ use crate::checkpoint::{CheckpointStore, PgCheckpointStore};
 use crate::config::Config;
 use crate::error::{ErrorClass, RelayError, Result};
 use crate::health::SharedHealth;
+use crate::leader::Leadership;
 use crate::ports::{Bookkeeping, EventStream, KafkaSink, MessageSink, PgBookkeeping};
 use crate::sink::message::{format_lsn, TxnMeta};
 use crate::source;
@@ -51,6 +53,7 @@ use policy::FailurePolicy;
 pub use policy::{Ledger, Refusal};
 use progress::{Limits, Progress};
 use router::Router;
+pub use thread::run_session;
 
 /// How a session ended without error.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,10 +78,30 @@ pub struct SessionStats {
 /// The transaction currently being received.
 struct Current {
     seq: u64,
-    meta: TxnMeta,
+    /// Shared with each row's send: a clone per row is a count, not two
+    /// strings.
+    meta: Arc<TxnMeta>,
     /// Already published before the checkpoint we resumed from.
     skip: bool,
     rows: usize,
+}
+
+/// Handles of the histograms recorded per message or transaction.
+struct Histograms {
+    produce_latency: metrics::Histogram,
+    end_to_end_latency: metrics::Histogram,
+    transaction_size: metrics::Histogram,
+}
+
+impl Histograms {
+    fn new() -> Self {
+        use crate::metrics as m;
+        Self {
+            produce_latency: metrics::histogram!(m::PRODUCE_LATENCY),
+            end_to_end_latency: metrics::histogram!(m::END_TO_END_LATENCY),
+            transaction_size: metrics::histogram!(m::TRANSACTION_SIZE),
+        }
+    }
 }
 
 /// One replication session.
@@ -95,28 +118,38 @@ pub struct Session<'a> {
     /// Last time an outbox transaction or heartbeat came through.
     last_activity: Instant,
     /// Acknowledged events per topic since the last metrics flush.
-    published: HashMap<String, u64>,
+    published: HashMap<Arc<str>, u64>,
+    /// The per-message histograms, looked up once: a registry lookup (hash
+    /// of the key, a generation check) per message cost more than the
+    /// recording itself.
+    histograms: Histograms,
     stats: &'a mut SessionStats,
 }
 
 /// Run one session until shutdown (Ok) or the first error (Err).
 ///
-/// `fence` is the leader lease ([`crate::leader`]): when it turns true (or
-/// its sender is gone) the session future is dropped on the spot, which
-/// purges the producer — queued and in-flight messages — and drops the
+/// `leader` is the leader lease ([`crate::leader`]). When its fence turns
+/// true (or its sender is gone) the session future is dropped on the spot,
+/// which purges the producer — queued and in-flight messages — and drops the
 /// replication stream without a checkpoint write (invariant 10). Dropping,
 /// not a flag the loop checks, so a loop stuck in a bookkeeping call is
-/// fenced just as fast.
-pub async fn run_session(
+/// fenced just as fast. Its stream gate holds loading the checkpoint and
+/// `START_REPLICATION` back until the grace period is over; connecting and
+/// creating the producer run during it.
+///
+/// This runs on the calling runtime; [`run_session`] runs it on the
+/// session's own thread (see [`thread`]).
+pub async fn run_session_here(
     cfg: &Config,
     health: &SharedHealth,
     shutdown: &mut watch::Receiver<bool>,
     stats: &mut SessionStats,
-    fence: Option<watch::Receiver<bool>>,
+    leader: Option<Leadership>,
 ) -> Result<SessionEnd> {
-    let Some(mut fence) = fence else {
-        return session_body(cfg, health, shutdown, stats).await;
+    let Some(leader) = leader else {
+        return session_body(cfg, health, shutdown, stats, None).await;
     };
+    let mut fence = leader.fence.clone();
     let fenced = RelayError::Fenced("the leader lease ran out".into());
     if *fence.borrow_and_update() {
         return Err(fenced);
@@ -124,7 +157,7 @@ pub async fn run_session(
     let result = tokio::select! {
         biased;
         _ = fence.wait_for(|v| *v) => Err(fenced),
-        r = session_body(cfg, health, shutdown, stats) => r,
+        r = session_body(cfg, health, shutdown, stats, Some(&leader)) => r,
     };
     health.set_stream_up(false);
     result
@@ -135,12 +168,21 @@ async fn session_body(
     health: &SharedHealth,
     shutdown: &mut watch::Receiver<bool>,
     stats: &mut SessionStats,
+    leader: Option<&Leadership>,
 ) -> Result<SessionEnd> {
     let control = source::control::connect(cfg, "checkpoint").await?;
     let store = PgCheckpointStore::new(control, &cfg.checkpoint_table(), &cfg.postgres.slot);
-    let resume = store.load().await?;
     let book = PgBookkeeping::new(store, cfg);
     let sink = KafkaSink::new(cfg)?;
+    if let Some(leader) = leader {
+        tokio::select! {
+            r = leader.stream_gate() => r?,
+            _ = shutdown.wait_for(|v| *v) => return Ok(SessionEnd::Stopped),
+        }
+    }
+    // After the gate, so a fenced leader's last checkpoint write that was
+    // still on a stalled wire is seen ([`crate::leader`], "Winning and streaming").
+    let resume = book.load().await?;
     let stream = source::stream::open(cfg, resume).await?;
     tracing::info!(
         slot = %cfg.postgres.slot,
@@ -152,6 +194,21 @@ async fn session_body(
     let result = session.run(stream, sink, &book, shutdown).await;
     health.set_stream_up(false);
     result
+}
+
+/// Events (or delivery reports) handled per turn of the loop when more are
+/// ready: one `select!` and one wake-up for a batch instead of each event.
+/// Small enough that the checkpoint tick and shutdown are never late.
+const BATCH: usize = 256;
+
+/// A stream that ended (`Ok(None)`) ends the session: there is no end to a
+/// replication stream the relay did not ask for.
+fn ended(ev: Option<crate::ports::SourceEvent>) -> Result<crate::ports::SourceEvent> {
+    ev.ok_or_else(|| {
+        RelayError::Replication(pgwire_replication::PgWireError::Task(
+            "replication stream ended".into(),
+        ))
+    })
 }
 
 /// A bookkeeping call with a deadline.
@@ -186,6 +243,7 @@ impl<'a> Session<'a> {
             current: None,
             last_activity: Instant::now(),
             published: HashMap::new(),
+            histograms: Histograms::new(),
             stats,
         })
     }
@@ -200,6 +258,8 @@ impl<'a> Session<'a> {
         let mut tick = tokio::time::interval(self.cfg.relay.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Instant::now() + Duration::from_secs(3600);
+        // The checkpoint write in progress, if one is (see `start_checkpoint`).
+        let mut saving: Option<persist::Saving<'_>> = None;
         let outcome: Result<()> = async {
             loop {
                 if *shutdown.borrow() {
@@ -207,37 +267,57 @@ impl<'a> Session<'a> {
                 }
                 let effects = self.policy.poll(Instant::now(), self.progress.outstanding() == 0);
                 self.apply(effects, &mut sink, book).await?;
-                if self.progress.wants_early_checkpoint(self.limits) {
-                    self.checkpoint(book, &stream).await?;
+                if saving.is_none() && self.progress.wants_early_checkpoint(self.limits) {
+                    saving = self.start_checkpoint(book, &stream).await?;
                 }
                 let can_read = self.policy.may_read() && self.progress.window_open(self.limits);
                 let wake = self.policy.next_wakeup();
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {}
-                    Some(d) = sink.next_delivery() => self.on_delivery(d, &mut sink, book).await?,
+                    Some(d) = sink.next_delivery() => {
+                        self.on_delivery(d, &mut sink, book).await?;
+                        for _ in 1..BATCH {
+                            let Some(d) = sink.try_next_delivery() else { break };
+                            self.on_delivery(d, &mut sink, book).await?;
+                        }
+                    }
+                    lsn = async { saving.as_mut().expect("guarded").done().await }, if saving.is_some() => {
+                        saving = None;
+                        self.checkpoint_written(lsn?, &stream);
+                    }
                     _ = tick.tick() => {
                         // A producer that stopped for good acknowledges nothing
                         // more: end the session now, even when idle.
                         if let Some(e) = sink.fatal_error() {
                             return Err(e);
                         }
-                        self.checkpoint(book, &stream).await?;
+                        if saving.is_none() {
+                            saving = self.start_checkpoint(book, &stream).await?;
+                        }
                         self.publish_gauges();
                     }
                     _ = tokio::time::sleep_until(wake.unwrap_or(far)), if wake.is_some() => {}
-                    ev = stream.recv(), if can_read => match ev? {
-                        Some(ev) => self.on_event(ev, &mut sink, book).await?,
-                        None => return Err(RelayError::Replication(
-                            pgwire_replication::PgWireError::Task("replication stream ended".into()),
-                        )),
-                    },
+                    ev = stream.recv(), if can_read => {
+                        self.on_event(ended(ev?)?, &mut sink, book).await?;
+                        for _ in 1..BATCH {
+                            if !(self.policy.may_read() && self.progress.window_open(self.limits)) {
+                                break;
+                            }
+                            let Some(ev) = stream.try_recv() else { break };
+                            self.on_event(ended(ev?)?, &mut sink, book).await?;
+                        }
+                    }
                 }
             }
         }
         .await;
         match outcome {
             Ok(()) => {
+                if let Some(mut s) = saving.take() {
+                    let lsn = s.done().await?;
+                    self.checkpoint_written(lsn, &stream);
+                }
                 self.drain(&mut sink, book, &stream).await?;
                 stream.close(true).await;
                 Ok(SessionEnd::Stopped)

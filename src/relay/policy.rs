@@ -411,6 +411,12 @@ impl FailurePolicy {
     }
 
     /// Rows whose DLQ copies were acked, to mark FAILED (then forget them).
+    /// Whether a checkpoint has rows to mark FAILED or a blocked row to
+    /// record before it may write the position.
+    pub(crate) fn has_bookkeeping(&self) -> bool {
+        !self.failed_rows.is_empty() || self.blocked_changed
+    }
+
     pub(crate) fn take_failed_rows(&mut self) -> Vec<(i64, i32)> {
         std::mem::take(&mut self.failed_rows)
     }

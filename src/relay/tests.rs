@@ -251,7 +251,7 @@ impl Rig {
         let s = self.sent()[i].clone();
         let _ = self.reports.send(Delivery {
             tag: Box::new(s.tag),
-            result: Ok(s.topic),
+            result: Ok(s.topic.as_str().into()),
         });
     }
     fn refuse(&self, i: usize, code: RDKafkaErrorCode) {

@@ -6,6 +6,7 @@
 //! on the [`Delivery`] channel. Nothing awaits a single message.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -96,8 +97,8 @@ pub struct Delivery {
     /// The tag the message was sent with.
     pub tag: Box<MsgTag>,
     /// `Ok` once the broker acknowledged with acks=all; the topic is kept for
-    /// per-topic counters.
-    pub result: std::result::Result<String, Box<FailedMessage>>,
+    /// per-topic counters (shared, see [`ReportingContext`]).
+    pub result: std::result::Result<Arc<str>, Box<FailedMessage>>,
 }
 
 /// Forwards delivery reports from librdkafka's polling thread to the relay.
@@ -107,6 +108,12 @@ pub struct ReportingContext {
     /// broker refusing the SASL credentials, a failed TLS handshake): the
     /// cause behind a failed startup check, which only sees "transport failure".
     last_error: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
+    /// The topics acknowledged so far, each once: an acknowledgement hands
+    /// out a shared name instead of allocating a `String` per message on
+    /// librdkafka's thread (to be freed on the session's — a cross-thread
+    /// free per message, which glibc's allocator pays for dearly). Only the
+    /// polling thread takes the lock, so it is never contended.
+    topics: Mutex<Vec<Arc<str>>>,
 }
 
 impl ReportingContext {
@@ -114,7 +121,20 @@ impl ReportingContext {
         Self {
             tx,
             last_error: std::sync::Mutex::new(None),
+            topics: Mutex::new(Vec::new()),
         }
+    }
+}
+
+impl ReportingContext {
+    fn topic(&self, name: &str) -> Arc<str> {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = topics.iter().find(|t| ***t == *name) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(name);
+        topics.push(t.clone());
+        t
     }
 }
 
@@ -160,7 +180,7 @@ impl ProducerContext for ReportingContext {
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<MsgTag>) {
         use rdkafka::message::{Headers, Message};
         let result = match result {
-            Ok(m) => Ok(m.topic().to_string()),
+            Ok(m) => Ok(self.topic(m.topic())),
             Err((e, m)) => Err(Box::new(FailedMessage {
                 error: SinkError::from_kafka(e),
                 topic: m.topic().to_string(),
