@@ -18,3 +18,6 @@ ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS recovery_bas
 -- What the row means, versioned (README "Compatibility"): a relay reads every format up to
 -- its own and refuses a newer one by name. Rows of releases before the column are format 1.
 ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS format smallint NOT NULL DEFAULT 1;
+-- Partition counts of the topics the relay writes, as first seen, and the drift
+-- found since (see `kafka.topic-check-interval`).
+ALTER TABLE public.outbox_relay_checkpoint ADD COLUMN IF NOT EXISTS topic_check jsonb;

@@ -28,7 +28,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
 /// Besides the session supervisor this runs, until the end of `run`: the
 /// `/metrics` `/healthz` `/readyz` endpoint and its broker probe
 /// ([`crate::http`]), the heartbeat ([`crate::heartbeat`]), the janitor,
-/// the table-health queries ([`crate::table_health`]) and the slot monitor
+/// the table-health queries ([`crate::table_health`]), the topic drift
+/// check ([`crate::topic_drift`]) and the slot monitor
 /// ([`crate::slot`]). A lost or missing slot found by the
 /// monitor stops the supervisor gracefully and ends `run` with that fatal
 /// error. Every task stops on `shutdown` and is awaited (bounded) before
@@ -55,6 +56,10 @@ pub async fn run_with_health(
         stop.clone(),
     )));
     tasks.push(tokio::spawn(crate::table_health::run_periodic(
+        cfg.clone(),
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::topic_drift::run_periodic(
         cfg.clone(),
         stop.clone(),
     )));

@@ -61,6 +61,10 @@ pub enum DlqCommand {
         /// The outbox row id.
         #[arg(long)]
         id: i64,
+        /// Its outbox table (`schema.table`) with `outbox.tables`; default:
+        /// the first entry.
+        #[arg(long)]
+        table: Option<String>,
     },
 }
 
@@ -140,9 +144,14 @@ pub async fn execute(cli: Cli) -> Result<()> {
             let cfg = cli.load_config()?;
             let client = control::connect(&cfg, "init").await?;
             let report = control::init(&client, &cfg).await?;
+            let tables: Vec<String> = cfg
+                .per_table()
+                .iter()
+                .map(|v| v.outbox.table.clone())
+                .collect();
             println!(
                 "initialised: table {}, publication {}, checkpoint table {}, slot {} ({})",
-                cfg.outbox.table,
+                tables.join(", "),
                 cfg.postgres.publication,
                 cfg.outbox.checkpoint_table,
                 cfg.postgres.slot,
@@ -194,8 +203,13 @@ pub async fn execute(cli: Cli) -> Result<()> {
                     "pruned FAILED (older than {} days): {}",
                     cfg.cleanup.failed_retention_days, r.pruned_failed
                 );
-                if let Some(a) = cfg.archive_table() {
-                    println!("moved to archive {}.{}: {}", a.schema, a.name, r.archived);
+                let archives: Vec<String> = cfg
+                    .per_table()
+                    .iter()
+                    .filter_map(|v| v.archive_table().map(|a| a.to_string()))
+                    .collect();
+                if !archives.is_empty() {
+                    println!("moved to archive {}: {}", archives.join(", "), r.archived);
                     println!(
                         "pruned from the archive (older than {} days): {}",
                         cfg.cleanup.archive_retention_days, r.pruned_archive
@@ -219,11 +233,11 @@ pub async fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Dlq {
-            command: DlqCommand::Replay { id },
+            command: DlqCommand::Replay { id, table },
         } => {
             let cfg = cli.load_config()?;
             let client = control::connect(&cfg, "dlq replay").await?;
-            let topic = crate::replay::replay(&client, &cfg, *id).await?;
+            let topic = crate::replay::replay(&client, &cfg, *id, table.as_deref()).await?;
             println!("replayed outbox row id={id} to {topic}; marked PROCESSED");
             Ok(())
         }

@@ -211,6 +211,10 @@ pub struct OutboxConfig {
     pub emit_function: String,
     /// Column names.
     pub columns: ColumnsConfig,
+    /// Several outbox tables in one relay (`[[outbox.tables]]`), all in one
+    /// publication, one slot, one commit order. Empty: the single table
+    /// above. When set it is the whole list, and `outbox.table` stays unset.
+    pub tables: Vec<OutboxTableConfig>,
 }
 
 impl Default for OutboxConfig {
@@ -220,8 +224,34 @@ impl Default for OutboxConfig {
             checkpoint_table: "public.outbox_relay_checkpoint".into(),
             emit_function: "public.outbox_emit".into(),
             columns: ColumnsConfig::default(),
+            tables: Vec::new(),
         }
     }
+}
+
+/// One entry of `[[outbox.tables]]`: a table and what differs from the
+/// shared settings. [`Config::per_table`] turns each into the single-table
+/// view the janitor, archive, table health, replay and `init` work with.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OutboxTableConfig {
+    /// `schema.table` of this outbox.
+    pub table: String,
+    /// Its column names; absent: `[outbox.columns]`. A present table is a
+    /// whole mapping: keys it leaves out take the built-in defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<ColumnsConfig>,
+    /// Its topic template; absent: `kafka.topic-template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_template: Option<String>,
+    /// The emit function `init` creates for it; absent:
+    /// `<schema>.<table>_emit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit_function: Option<String>,
+    /// Its archive table (see `cleanup.archive-table`); absent: rows are
+    /// deleted. Retention: `cleanup.archive-retention-days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_table: Option<String>,
 }
 
 /// Column names of the outbox table. An empty `headers` or `topic` means the
@@ -307,6 +337,11 @@ pub struct KafkaConfig {
     pub topic_replication_factor: i32,
     /// Dead-letter topic for rows that cannot be published.
     pub dlq_topic: String,
+    /// How often the topics the relay writes are checked for drift (a
+    /// missing DLQ topic, a changed partition count; see
+    /// [`crate::topic_drift`]); also once at startup. `0s` disables.
+    #[serde(with = "humantime_serde")]
+    pub topic_check_interval: Duration,
     /// Add a `relay_instance` header (`host:pid:start-ms`) to every message,
     /// so consumers and tests can tell which relay produced it (after a
     /// takeover, for example). Off by default: it costs bytes per message.
@@ -363,6 +398,7 @@ impl Default for KafkaConfig {
             topic_partitions: 3,
             topic_replication_factor: 0,
             dlq_topic: "outbox.dlq".into(),
+            topic_check_interval: Duration::from_secs(60),
             instance_header: false,
             properties: BTreeMap::new(),
             format: MessageFormat::Raw,
@@ -527,8 +563,25 @@ impl Config {
         if self.postgres.connect_timeout.is_zero() {
             return Err(ConfigError::new("postgres.connect-timeout", "must be > 0"));
         }
-        parse_table("outbox.table", &self.outbox.table)?;
         parse_table("outbox.checkpoint-table", &self.outbox.checkpoint_table)?;
+        let brokers = self.kafka.brokers.as_deref().unwrap_or("");
+        if brokers.trim().is_empty() {
+            return Err(ConfigError::new(
+                "kafka.brokers",
+                "missing: set it in the config file, with --kafka-brokers or OUTBOX_RELAY_KAFKA_BROKERS",
+            ));
+        }
+        validate_brokers(brokers)?;
+        self.validate_tables()?;
+        crate::sink::route::validate_topic(&self.kafka.dlq_topic)
+            .map_err(|m| ConfigError::new("kafka.dlq-topic", m))?;
+        self.validate_rest()
+    }
+
+    /// The checks of one outbox table's view (the single table, or one
+    /// entry of `outbox.tables` through [`Config::per_table`]).
+    fn validate_table_view(&self) -> Result<(), ConfigError> {
+        parse_table("outbox.table", &self.outbox.table)?;
         parse_table("outbox.emit-function", &self.outbox.emit_function)?;
         let c = &self.outbox.columns;
         for (key, v, required) in [
@@ -551,14 +604,6 @@ impl Config {
             }
             validate_ident(key, v)?;
         }
-        let brokers = self.kafka.brokers.as_deref().unwrap_or("");
-        if brokers.trim().is_empty() {
-            return Err(ConfigError::new(
-                "kafka.brokers",
-                "missing: set it in the config file, with --kafka-brokers or OUTBOX_RELAY_KAFKA_BROKERS",
-            ));
-        }
-        validate_brokers(brokers)?;
         let template = crate::sink::route::TopicTemplate::parse(&self.kafka.topic_template)
             .map_err(|m| ConfigError::new("kafka.topic-template", m))?;
         // The literal parts must be legal in a topic name, or every row would
@@ -574,6 +619,94 @@ impl Config {
                 "its fixed text must be legal in a topic name: letters, digits, '.', '_', '-', at most 249 chars",
             )
         })?;
+        if let Some(archive) = self.archive_table_opt()? {
+            if archive == self.outbox_table() || archive == self.checkpoint_table() {
+                return Err(ConfigError::new(
+                    "cleanup.archive-table",
+                    "must be a table of its own, not outbox.table or outbox.checkpoint-table",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The single table, or every entry of `outbox.tables` (each checked as
+    /// its view, errors naming `outbox.tables[i].…`) and the entries
+    /// together: distinct tables, emit functions and archives.
+    fn validate_tables(&self) -> Result<(), ConfigError> {
+        let tables = &self.outbox.tables;
+        if tables.is_empty() {
+            return self.validate_table_view();
+        }
+        if self.outbox.table != OutboxConfig::default().table {
+            return Err(ConfigError::new(
+                "outbox.table",
+                "set either outbox.table (one table) or outbox.tables (several), not both",
+            ));
+        }
+        if !self.cleanup.archive_table.is_empty() {
+            return Err(ConfigError::new(
+                "cleanup.archive-table",
+                "with outbox.tables, set archive-table per table (outbox.tables[i].archive-table)",
+            ));
+        }
+        if self.kafka.format != MessageFormat::Raw
+            && self.kafka.cloudevents.source.contains("{table}")
+        {
+            return Err(ConfigError::new(
+                "kafka.cloudevents.source",
+                "{table} names one table; with outbox.tables use a source without it",
+            ));
+        }
+        let views = self.per_table();
+        let mut seen: Vec<(TableName, TableName, Option<TableName>)> = Vec::new();
+        for (i, (entry, view)) in tables.iter().zip(&views).enumerate() {
+            let rekey = |e: ConfigError| -> ConfigError {
+                let field = |k: &str| format!("outbox.tables[{i}].{k}");
+                let key = match e.key.as_str() {
+                    "outbox.table" => field("table"),
+                    "outbox.emit-function" => field("emit-function"),
+                    "cleanup.archive-table" => field("archive-table"),
+                    "kafka.topic-template" if entry.topic_template.is_some() => {
+                        field("topic-template")
+                    }
+                    k if entry.columns.is_some() => match k.strip_prefix("outbox.columns.") {
+                        Some(col) => field(&format!("columns.{col}")),
+                        None => k.to_string(),
+                    },
+                    k => k.to_string(),
+                };
+                ConfigError::new(key, e.message)
+            };
+            view.validate_table_view().map_err(rekey)?;
+            let t = view.outbox_table();
+            let f =
+                parse_table("outbox.emit-function", &view.outbox.emit_function).map_err(rekey)?;
+            let a = view.archive_table_opt().map_err(rekey)?;
+            for (ot, of, oa) in &seen {
+                let clash = |what: &str| {
+                    ConfigError::new(
+                        format!("outbox.tables[{i}].{what}"),
+                        "already used by an earlier entry of outbox.tables",
+                    )
+                };
+                if *ot == t || oa.as_ref() == Some(&t) {
+                    return Err(clash("table"));
+                }
+                if *of == f {
+                    return Err(clash("emit-function"));
+                }
+                if a.is_some() && (a == *oa || a.as_ref() == Some(ot)) {
+                    return Err(clash("archive-table"));
+                }
+            }
+            seen.push((t, f, a));
+        }
+        Ok(())
+    }
+
+    /// The checks that do not depend on the outbox table.
+    fn validate_rest(&self) -> Result<(), ConfigError> {
         crate::sink::transactional::validate(self)?;
         crate::sink::route::validate_topic(&self.kafka.dlq_topic)
             .map_err(|m| ConfigError::new("kafka.dlq-topic", m))?;
@@ -651,15 +784,60 @@ impl Config {
                 "must be >= relay.backoff-initial",
             ));
         }
-        if let Some(archive) = self.archive_table_opt()? {
-            if archive == self.outbox_table() || archive == self.checkpoint_table() {
-                return Err(ConfigError::new(
-                    "cleanup.archive-table",
-                    "must be a table of its own, not outbox.table or outbox.checkpoint-table",
-                ));
-            }
-        }
         Ok(())
+    }
+
+    /// One single-table view per outbox table: the configuration itself
+    /// when `outbox.tables` is empty, else per entry a copy whose
+    /// `outbox.table`, `outbox.columns`, `outbox.emit-function`,
+    /// `kafka.topic-template` and `cleanup.archive-table` are the entry's
+    /// (and `outbox.tables` empty). Everything that works on one table — the
+    /// janitor, archive, table health, replay, `init`'s table and function —
+    /// runs once per view, unchanged.
+    pub fn per_table(&self) -> Vec<Config> {
+        if self.outbox.tables.is_empty() {
+            return vec![self.clone()];
+        }
+        let mut base = self.clone();
+        base.outbox.tables = Vec::new();
+        self.outbox
+            .tables
+            .iter()
+            .map(|e| {
+                let mut v = base.clone();
+                v.outbox.table = e.table.clone();
+                if let Some(c) = &e.columns {
+                    v.outbox.columns = c.clone();
+                }
+                if let Some(t) = &e.topic_template {
+                    v.kafka.topic_template = t.clone();
+                }
+                v.outbox.emit_function = match &e.emit_function {
+                    Some(f) => f.clone(),
+                    None => {
+                        let (schema, name) =
+                            e.table.split_once('.').unwrap_or(("public", &e.table));
+                        format!("{schema}.{name}_emit")
+                    }
+                };
+                v.cleanup.archive_table = e.archive_table.clone().unwrap_or_default();
+                v
+            })
+            .collect()
+    }
+
+    /// Whether several outbox tables are configured (`outbox.tables`).
+    pub fn multi_table(&self) -> bool {
+        !self.outbox.tables.is_empty()
+    }
+
+    /// The view of the table named `name` (`schema.table`, or `table` in
+    /// `public`), for selectors such as `replay --table`.
+    pub fn table_view(&self, name: &str) -> Option<Config> {
+        let want = parse_table("--table", name).ok()?;
+        self.per_table()
+            .into_iter()
+            .find(|v| v.outbox_table() == want)
     }
 
     /// The archive table, `None` when archiving is off (empty key).
@@ -1087,6 +1265,69 @@ mod tests {
             redact_url("host=x password = 'a b\\'c' user=y"),
             "host=x password = *** user=y"
         );
+    }
+
+    #[test]
+    fn several_tables_become_single_table_views() {
+        let c = Config::from_sources(
+            Some(&format!(
+                "{MIN}\n[kafka.cloudevents]\nsource = \"/x\"\n\
+                 [[outbox.tables]]\ntable = \"a.outbox\"\n\
+                 [[outbox.tables]]\ntable = \"b.events\"\ntopic-template = \"b.{{aggregate_type}}\"\n\
+                 archive-table = \"b.events_archive\"\n[outbox.tables.columns]\npayload = \"payload\"\n"
+            )),
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.multi_table());
+        let v = c.per_table();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].outbox.table, "a.outbox");
+        assert_eq!(v[0].outbox.emit_function, "a.outbox_emit");
+        assert_eq!(v[0].kafka.topic_template, "outbox.{aggregate_type}");
+        assert_eq!(v[0].outbox.columns.payload, "event_data");
+        assert!(v[0].archive_table().is_none());
+        assert_eq!(v[1].outbox.emit_function, "b.events_emit");
+        assert_eq!(v[1].kafka.topic_template, "b.{aggregate_type}");
+        assert_eq!(v[1].outbox.columns.payload, "payload");
+        assert_eq!(
+            v[1].archive_table().unwrap().to_string(),
+            "b.events_archive"
+        );
+        assert!(v.iter().all(|v| !v.multi_table()));
+        assert_eq!(c.table_view("b.events").unwrap().outbox.table, "b.events");
+        assert!(c.table_view("public.outbox").is_none());
+        // One table: the view is the config itself.
+        let one = Config::from_sources(Some(MIN), &[], &Overrides::default()).unwrap();
+        assert_eq!(one.per_table()[0].outbox.table, "public.outbox");
+    }
+
+    #[test]
+    fn several_tables_errors_name_the_entry() {
+        let load = |extra: &str| {
+            Config::from_sources(Some(&format!("{MIN}\n{extra}")), &[], &Overrides::default())
+                .unwrap_err()
+        };
+        let e = load("[outbox]\ntable = \"x.y\"\n[[outbox.tables]]\ntable = \"a.b\"\n");
+        assert_eq!(e.key, "outbox.table");
+        let e = load("[[outbox.tables]]\ntable = \"a.b\"\n[[outbox.tables]]\ntable = \"a.b c\"\n");
+        assert_eq!(e.key, "outbox.tables[1].table");
+        let e = load(
+            "[[outbox.tables]]\ntable = \"a.b\"\narchive-table = \"a.c\"\n[[outbox.tables]]\ntable = \"a.c\"\n",
+        );
+        assert_eq!(e.key, "outbox.tables[1].table");
+        let e = load("[[outbox.tables]]\ntable = \"a.b\"\n[outbox.tables.columns]\nid = \"9\"\n");
+        assert_eq!(e.key, "outbox.tables[0].columns.id");
+        let e = load("[cleanup]\narchive-table = \"a.z\"\n[[outbox.tables]]\ntable = \"a.b\"\n");
+        assert_eq!(e.key, "cleanup.archive-table");
+        let e = Config::from_sources(
+            Some(&format!("{MIN}\n[[outbox.tables]]\ntable = \"a.b\"\n")),
+            &env(&[("OUTBOX_RELAY_KAFKA_FORMAT", "cloudevents-binary")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "kafka.cloudevents.source");
     }
 
     #[test]

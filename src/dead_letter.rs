@@ -124,21 +124,28 @@ pub async fn mark_failed(client: &Client, cfg: &Config, rows: &[(i64, i32)]) -> 
     if rows.is_empty() {
         return Ok(());
     }
-    let c = &cfg.outbox.columns;
-    let sql = format!(
-        "UPDATE {t} AS o SET {st} = 'FAILED', {rc} = v.rc \
-         FROM unnest($1::bigint[], $2::int[]) AS v(id, rc) WHERE o.{id} = v.id",
-        t = cfg.outbox.table,
-        st = c.status,
-        rc = c.retry_count,
-        id = c.id,
-    );
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
     let rcs: Vec<i32> = rows.iter().map(|r| r.1).collect();
-    client
-        .execute(&sql, &[&ids, &rcs])
-        .await
-        .map_err(|e| RelayError::postgres("marking dead-lettered rows FAILED", e))?;
+    // With several outbox tables the failure bookkeeping knows the id only:
+    // each table is updated, and ids are unique across them (one sequence,
+    // see `crate::schema::id_sequence`).
+    for view in cfg.per_table() {
+        let c = &view.outbox.columns;
+        let sql = format!(
+            "UPDATE {t} AS o SET {st} = 'FAILED', {rc} = v.rc \
+             FROM unnest($1::bigint[], $2::int[]) AS v(id, rc) WHERE o.{id} = v.id",
+            t = view.outbox.table,
+            st = c.status,
+            rc = c.retry_count,
+            id = c.id,
+        );
+        client.execute(&sql, &[&ids, &rcs]).await.map_err(|e| {
+            RelayError::postgres(
+                format!("marking dead-lettered rows FAILED in {}", view.outbox.table),
+                e,
+            )
+        })?;
+    }
     Ok(())
 }
 
@@ -170,13 +177,18 @@ pub async fn record_blocked(
 /// Whether the row still exists (an operator resolves a blocked row by
 /// deleting it).
 pub async fn row_exists(client: &Client, cfg: &Config, id: i64) -> Result<bool> {
-    let sql = format!(
-        "SELECT 1 FROM {} WHERE {} = $1",
-        cfg.outbox.table, cfg.outbox.columns.id
-    );
-    let row = client
-        .query_opt(&sql, &[&id])
-        .await
-        .map_err(|e| RelayError::postgres("checking the blocked row", e))?;
-    Ok(row.is_some())
+    for view in cfg.per_table() {
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE {} = $1",
+            view.outbox.table, view.outbox.columns.id
+        );
+        let row = client
+            .query_opt(&sql, &[&id])
+            .await
+            .map_err(|e| RelayError::postgres("checking the blocked row", e))?;
+        if row.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

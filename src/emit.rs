@@ -88,9 +88,18 @@ impl Default for Emitter {
 }
 
 impl Emitter {
-    /// For the table and columns of `cfg.outbox`.
+    /// For the table and columns of `cfg.outbox` (with `outbox.tables`: the
+    /// first entry; [`Emitter::for_table`] for the others).
     pub fn from_config(cfg: &Config) -> Self {
-        Self::new(&cfg.outbox.table, &cfg.outbox.columns)
+        let view = cfg.per_table().swap_remove(0);
+        Self::new(&view.outbox.table, &view.outbox.columns)
+    }
+
+    /// For the outbox table `table` (`schema.table`) of `cfg`, `None` if it
+    /// is not one.
+    pub fn for_table(cfg: &Config, table: &str) -> Option<Self> {
+        let view = cfg.table_view(table)?;
+        Some(Self::new(&view.outbox.table, &view.outbox.columns))
     }
 
     /// For an explicit table and column layout.

@@ -26,6 +26,12 @@
 //! marked: the new slot's position says nothing about them (see
 //! [`crate::recovery`]). With `cleanup.archive-table`, every delete here is
 //! a move into the archive ([`crate::archive`]).
+//!
+//! With several outbox tables (`outbox.tables`) one pass covers them all:
+//! S and P belong to the slot, so every table is marked under the same S
+//! before the next S is taken; pruning and archiving run per table with its
+//! own columns and archive. `archived` counts marked-and-moved rows
+//! (`delete-after-publish`) only with one table.
 
 use std::time::Duration;
 
@@ -205,11 +211,20 @@ pub async fn run_pass_with_faults(
     cfg: &Config,
     faults: &Faults,
 ) -> Result<PassReport> {
-    let archive_cols = match cfg.archive_table() {
-        Some(a) => Some(crate::archive::columns(client, &cfg.outbox_table(), &a).await?),
-        None => None,
-    };
-    let q = sql(cfg, archive_cols.as_deref());
+    // One set of statements per outbox table; the snapshot S and position
+    // P are the slot's, so every table is marked under the same S in the
+    // same round (a pass per table would take a new S for the next table
+    // each time, and that table would wait for ever).
+    let mut tables = Vec::new();
+    for view in cfg.per_table() {
+        let archive_cols = match view.archive_table() {
+            Some(a) => Some(crate::archive::columns(client, &view.outbox_table(), &a).await?),
+            None => None,
+        };
+        let q = sql(&view, archive_cols.as_deref());
+        tables.push((view, q, archive_cols.is_some()));
+    }
+    let q0 = &tables[0].1;
     let batch = i64::from(cfg.relay.batch_size);
     let mut batches = Batches {
         client,
@@ -217,12 +232,14 @@ pub async fn run_pass_with_faults(
         done: 0,
     };
     let mut report = PassReport::default();
-    let marking = !cfg.outbox.columns.txid.is_empty();
+    let marking = tables
+        .iter()
+        .any(|(v, _, _)| !v.outbox.columns.txid.is_empty());
     // Two rounds: when the relay is caught up, the snapshot taken in the
     // first round is usually covered at once.
     for _ in 0..2 {
         let row = client
-            .query_opt(&q.load, &[&cfg.postgres.slot])
+            .query_opt(&q0.load, &[&cfg.postgres.slot])
             .await
             .map_err(|e| RelayError::postgres("janitor: reading the checkpoint", e))?;
         let Some(row) = row else {
@@ -251,14 +268,19 @@ pub async fn run_pass_with_faults(
             tracing::warn!("janitor: a slot recovery is being recorded by `init`; marking nothing");
         } else if marking {
             if let (true, Some(s)) = (covered, &snapshot) {
-                report.marked += batches
-                    .run(&q.mark, &[s, &batch, &rec.snapshot, &rec.base], batch)
-                    .await?;
+                for (view, q, _) in &tables {
+                    if view.outbox.columns.txid.is_empty() {
+                        continue;
+                    }
+                    report.marked += batches
+                        .run(&q.mark, &[s, &batch, &rec.snapshot, &rec.base], batch)
+                        .await?;
+                }
             }
         }
         if snapshot.is_none() || covered {
             let r = client
-                .query_opt(&q.snapshot, &[&cfg.postgres.slot])
+                .query_opt(&q0.snapshot, &[&cfg.postgres.slot])
                 .await
                 .map_err(|e| RelayError::postgres("janitor: taking a snapshot", e))?;
             report.waiting_for_lsn = r.map(|r| r.get::<_, String>(0));
@@ -275,24 +297,33 @@ pub async fn run_pass_with_faults(
         days(cfg.cleanup.retention_days),
         days(cfg.cleanup.failed_retention_days),
     );
-    report.pruned_processed = batches
-        .run(&q.prune_processed, &[&kept, &batch], batch)
-        .await?;
-    report.pruned_failed = batches
-        .run(&q.prune_failed, &[&failed_kept, &batch], batch)
-        .await?;
-    if archive_cols.is_some() {
-        report.archived = report.pruned_processed + report.pruned_failed;
-        if cfg.cleanup.delete_after_publish {
-            report.archived += report.marked;
+    let marked = report.marked;
+    for (view, q, archiving) in &tables {
+        let processed = batches
+            .run(&q.prune_processed, &[&kept, &batch], batch)
+            .await?;
+        let failed = batches
+            .run(&q.prune_failed, &[&failed_kept, &batch], batch)
+            .await?;
+        report.pruned_processed += processed;
+        report.pruned_failed += failed;
+        if *archiving {
+            report.archived += processed + failed;
+            if cfg.cleanup.delete_after_publish && tables.len() == 1 {
+                report.archived += marked;
+            }
         }
-    }
-    if let (Some(sql), d @ 1..) = (&q.prune_archive, cfg.cleanup.archive_retention_days) {
-        report.pruned_archive = batches.run(sql, &[&days(d), &batch], batch).await?;
+        if let (Some(sql), d @ 1..) = (&q.prune_archive, view.cleanup.archive_retention_days) {
+            report.pruned_archive += batches.run(sql, &[&days(d), &batch], batch).await?;
+        }
     }
     let rec = recovery::load(client, cfg).await?;
     if rec.started {
-        report.lost_range_rows = Some(recovery::lost_range(client, cfg, &rec).await?.rows);
+        let mut rows = 0;
+        for (view, _, _) in &tables {
+            rows += recovery::lost_range(client, view, &rec).await?.rows;
+        }
+        report.lost_range_rows = Some(rows);
     }
     Ok(report)
 }

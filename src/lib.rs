@@ -54,7 +54,8 @@
 //! tests.
 //! Operations: [`http`] (`/metrics`, `/healthz`, `/readyz`) · [`heartbeat`] ·
 //! [`slot`] (slot health, fatal when lost) · [`status`] (`outbox-relay status`) ·
-//! [`table_health`] (row counts, sizes, oldest unpublished row as metrics).
+//! [`table_health`] (row counts, sizes, oldest unpublished row as metrics) ·
+//! [`topic_drift`] (a missing DLQ topic, changed partition counts).
 //! Housekeeping and repair: [`janitor`] · [`archive`] (move before prune) ·
 //! [`replay`] (`outbox-relay replay`, `dlq replay`) · [`recovery`] (after a
 //! lost slot) · [`verify`] (`outbox-relay verify`: the broker compared with the
@@ -89,5 +90,6 @@ pub mod slot;
 pub mod source;
 pub mod status;
 pub mod table_health;
+pub mod topic_drift;
 pub mod tracker;
 pub mod verify;

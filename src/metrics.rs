@@ -56,6 +56,12 @@ pub const PRUNE_OVERDUE: &str = "outbox_relay_prune_overdue_seconds";
 /// Wall time of the last round of table-health queries.
 pub const TABLE_HEALTH_SECONDS: &str = "outbox_relay_table_health_query_seconds";
 
+/// 1 while a topic the relay writes has drifted (`kind`: `dlq_missing`,
+/// `partitions`), 0 once checked and fine ([`crate::topic_drift`]).
+pub const TOPIC_DRIFT: &str = "outbox_relay_topic_drift";
+/// Partitions of each topic the relay writes, at the last drift check.
+pub const TOPIC_PARTITIONS: &str = "outbox_relay_topic_partitions";
+
 /// Every exported name, for documentation checks.
 pub const ALL: &[&str] = &[
     LAG_BYTES,
@@ -81,6 +87,8 @@ pub const ALL: &[&str] = &[
     PRUNE_OVERDUE,
     TABLE_HEALTH_SECONDS,
     LEADER,
+    TOPIC_DRIFT,
+    TOPIC_PARTITIONS,
 ];
 
 /// Register descriptions with the installed recorder.
@@ -136,6 +144,14 @@ pub fn describe() {
     );
     describe_gauge!(STREAM_UP, "1 while the replication stream is running");
     describe_table_health();
+    describe_gauge!(
+        TOPIC_DRIFT,
+        "1 while a topic the relay writes has drifted (kind=dlq_missing: the DLQ topic is gone; kind=partitions: the partition count differs from the first count seen), 0 when checked and fine"
+    );
+    describe_gauge!(
+        TOPIC_PARTITIONS,
+        "Partitions of each topic the relay writes, at the last drift check"
+    );
     describe_gauge!(
         LEADER,
         "1 while this relay is the leader for its slot (or runs without election), 0 while it stands by"

@@ -115,18 +115,21 @@ pub async fn before_new_slot(client: &Client, cfg: &Config) -> Result<bool> {
         // the janitor does not mark rows either, so nothing is at risk.
         return Ok(false);
     }
-    let t = &cfg.outbox.table;
-    let pending: bool = client
-        .query_one(
-            &format!(
-                "SELECT EXISTS (SELECT 1 FROM {t} WHERE {} = 'PENDING')",
-                c.status
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("looking for PENDING rows", e))?
-        .get(0);
+    let mut pending = false;
+    for view in cfg.per_table() {
+        let found: bool = client
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {} WHERE {} = 'PENDING')",
+                    view.outbox.table, view.outbox.columns.status
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| RelayError::postgres("looking for PENDING rows", e))?
+            .get(0);
+        pending |= found;
+    }
     let ck = ck(cfg);
     let sql = format!(
         "WITH touched AS ( \
@@ -168,7 +171,25 @@ pub async fn after_slot(client: &Client, cfg: &Config) -> Result<Option<LostRang
     if !state.started {
         return Ok(None);
     }
-    Ok(Some(lost_range(client, cfg, &state).await?))
+    Ok(Some(lost_range_all(client, cfg, &state).await?))
+}
+
+/// [`lost_range`] over every outbox table (`outbox.tables`): rows summed;
+/// ids only with one table (they repeat across tables).
+pub async fn lost_range_all(
+    client: &Client,
+    cfg: &Config,
+    state: &RecoveryState,
+) -> Result<LostRange> {
+    let views = cfg.per_table();
+    if views.len() == 1 {
+        return lost_range(client, &views[0], state).await;
+    }
+    let mut rows = 0;
+    for view in &views {
+        rows += lost_range(client, view, state).await?.rows;
+    }
+    Ok(LostRange { rows, ids: None })
 }
 
 /// The PENDING rows of the lost range.
@@ -202,6 +223,17 @@ pub async fn close_if_done(client: &Client, cfg: &Config) -> Result<bool> {
     if !state.started || state.snapshot.is_none() {
         return Ok(false);
     }
+    let views = cfg.per_table();
+    if views.len() > 1 {
+        // Every table's part of the range must be done; the statement below
+        // re-checks the first table atomically, the others just before.
+        for view in &views[1..] {
+            if lost_range(client, view, &state).await?.rows > 0 {
+                return Ok(false);
+            }
+        }
+    }
+    let cfg = &views[0];
     let c = &cfg.outbox.columns;
     let n = client
         .execute(

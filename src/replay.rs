@@ -151,6 +151,11 @@ pub struct ReplayArgs {
     /// Messages per second at most; 0: as fast as acknowledgements allow.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    /// Which outbox table (`schema.table`) with `outbox.tables`; default:
+    /// the first entry (the only table otherwise). One table per run: ids
+    /// repeat across tables.
+    #[arg(long)]
+    pub table: Option<String>,
 }
 
 impl ReplayArgs {
@@ -167,7 +172,23 @@ impl ReplayArgs {
             topic: None,
             dry_run: false,
             rate: 0,
+            table: None,
         }
+    }
+}
+
+/// The single-table view `--table` selects (default: the first table).
+pub fn select_table(cfg: &Config, table: Option<&str>) -> Result<Config> {
+    match table {
+        None => Ok(cfg.per_table().swap_remove(0)),
+        Some(name) => cfg.table_view(name).ok_or_else(|| {
+            RelayError::Config(ConfigError::new(
+                "--table",
+                format!(
+                    "{name} is not an outbox table of this configuration (outbox.table, outbox.tables)"
+                ),
+            ))
+        }),
     }
 }
 
@@ -583,6 +604,11 @@ pub async fn run(
     args: &ReplayArgs,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Outcome> {
+    // `full` covers every table (the slot recovery spans them all); `cfg`
+    // is the selected table's view from here on.
+    let full = cfg;
+    let view = select_table(cfg, args.table.as_deref())?;
+    let cfg = &view;
     if args.ids.is_none() && args.since.is_none() && args.until.is_none() && args.status.is_none() {
         return Err(RelayError::Config(ConfigError::new(
             "replay",
@@ -792,7 +818,7 @@ pub async fn run(
         eprintln!();
     }
     if !args.dry_run && error.is_none() && !s.interrupted {
-        s.recovery_closed = crate::recovery::close_if_done(client, cfg).await?;
+        s.recovery_closed = crate::recovery::close_if_done(client, full).await?;
     }
     s.seconds = started.elapsed().as_secs_f64();
     Ok(Outcome { summary: s, error })
@@ -848,7 +874,10 @@ pub async fn execute(cfg: &Config, args: &ReplayArgs, json: bool) -> Result<()> 
 
 /// `dlq replay --id N`: re-publish FAILED row `id`; returns the topic it
 /// went to. The row must exist and be FAILED.
-pub async fn replay(client: &Client, cfg: &Config, id: i64) -> Result<String> {
+pub async fn replay(client: &Client, cfg: &Config, id: i64, table: Option<&str>) -> Result<String> {
+    let full = cfg;
+    let view = select_table(cfg, table)?;
+    let cfg = &view;
     let c = &cfg.outbox.columns;
     let row = client
         .query_opt(
@@ -870,7 +899,9 @@ pub async fn replay(client: &Client, cfg: &Config, id: i64) -> Result<String> {
         )));
     }
     let (_tx, rx) = watch::channel(false);
-    let out = run(client, cfg, &ReplayArgs::failed_row(id), rx).await?;
+    let mut args = ReplayArgs::failed_row(id);
+    args.table = table.map(str::to_string);
+    let out = run(client, full, &args, rx).await?;
     if let Some(e) = out.error {
         return Err(e);
     }

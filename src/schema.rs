@@ -19,7 +19,103 @@ pub struct Step {
 }
 
 /// Everything `init` creates (except the slot), in order.
+///
+/// With several outbox tables (`outbox.tables`): each table, its emit
+/// function and archive as for one table (its schema created if missing),
+/// except that the tables `init` creates draw their ids from one shared
+/// sequence ([`id_sequence`]); one
+/// publication covering all of them (an existing one is extended with the
+/// tables it lacks); one checkpoint table.
 pub fn init_statements(cfg: &Config) -> Vec<Step> {
+    if !cfg.multi_table() {
+        return single_table_statements(cfg);
+    }
+    let seq = id_sequence(cfg);
+    let mut steps = vec![Step {
+        file: "000_id_sequence.sql",
+        sql: format!(
+            "-- One id sequence for every outbox table of this relay: a row id names one row\n\
+             -- across the tables (the dead-letter bookkeeping marks rows FAILED by id).\n\
+             CREATE SEQUENCE IF NOT EXISTS {seq} AS bigint;\n"
+        ),
+    }];
+    let mut checkpoint = None;
+    let mut archives = Vec::new();
+    for view in cfg.per_table() {
+        for step in single_table_statements(&view) {
+            match step.file {
+                "001_outbox_table.sql" => steps.push(Step {
+                    file: step.file,
+                    sql: format!(
+                        "CREATE SCHEMA IF NOT EXISTS {};\n{}",
+                        view.outbox_table().schema,
+                        step.sql.replace(
+                            "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                            &format!("bigint PRIMARY KEY DEFAULT nextval('{seq}')"),
+                        )
+                    ),
+                }),
+                "003_emit_function.sql" => steps.push(step),
+                "004_checkpoint_table.sql" => checkpoint = Some(step),
+                "002_publication.sql" => {}
+                _ => archives.push(step),
+            }
+        }
+    }
+    steps.push(publication_step(cfg));
+    steps.extend(checkpoint);
+    steps.extend(archives);
+    steps
+}
+
+/// The shared id sequence of a multi-table relay's outbox tables:
+/// `<checkpoint schema>.<publication>_id_seq`.
+pub fn id_sequence(cfg: &Config) -> String {
+    format!(
+        "{}.{}_id_seq",
+        cfg.checkpoint_table().schema,
+        cfg.postgres.publication
+    )
+}
+
+/// The publication of every outbox table: created with all of them, or an
+/// existing one extended with those it lacks (inserts only either way).
+fn publication_step(cfg: &Config) -> Step {
+    let pubname = &cfg.postgres.publication;
+    let views = cfg.per_table();
+    let all: Vec<&str> = views.iter().map(|v| v.outbox.table.as_str()).collect();
+    let mut add = String::new();
+    for v in &views {
+        let t = v.outbox_table();
+        add.push_str(&format!(
+            "\x20   IF NOT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = '{pubname}' \
+             AND schemaname = '{s}' AND tablename = '{n}') THEN\n\
+             \x20       ALTER PUBLICATION {pubname} ADD TABLE {s}.{n};\n\
+             \x20   END IF;\n",
+            s = t.schema,
+            n = t.name
+        ));
+    }
+    Step {
+        file: "002_publication.sql",
+        sql: format!(
+            "-- Inserts only: the janitor's UPDATE and DELETE never enter the stream.\n\
+             -- One publication for every outbox table: one slot, one commit order.\n\
+             DO $$\n\
+             BEGIN\n\
+             \x20   IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '{pubname}') THEN\n\
+             \x20       CREATE PUBLICATION {pubname} FOR TABLE {tables} WITH (publish = 'insert');\n\
+             \x20   END IF;\n\
+             {add}\
+             END\n\
+             $$;\n",
+            tables = all.join(", ")
+        ),
+    }
+}
+
+/// [`init_statements`] for one table (or one view of `outbox.tables`).
+fn single_table_statements(cfg: &Config) -> Vec<Step> {
     let t = &cfg.outbox.table;
     let c = &cfg.outbox.columns;
     let ckpt = &cfg.outbox.checkpoint_table;
@@ -155,7 +251,10 @@ pub fn init_statements(cfg: &Config) -> Vec<Step> {
          ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS recovery_base pg_snapshot;\n\
          -- What the row means, versioned (README \"Compatibility\"): a relay reads every format up to\n\
          -- its own and refuses a newer one by name. Rows of releases before the column are format 1.\n\
-         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS format smallint NOT NULL DEFAULT 1;\n"
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS format smallint NOT NULL DEFAULT 1;\n\
+         -- Partition counts of the topics the relay writes, as first seen, and the drift\n\
+         -- found since (see `kafka.topic-check-interval`).\n\
+         ALTER TABLE {ckpt} ADD COLUMN IF NOT EXISTS topic_check jsonb;\n"
     );
     let mut steps = vec![
         Step {
@@ -196,29 +295,42 @@ pub fn slot_statement(cfg: &Config) -> Step {
 /// A least-privilege role for running the relay (not executed by `init`:
 /// a DBA runs it with psql, `-v relay_password=...`).
 pub fn role_statement(cfg: &Config) -> Step {
-    let t = &cfg.outbox.table;
     let ckpt = &cfg.outbox.checkpoint_table;
-    let tname = cfg.outbox_table();
     let cname = cfg.checkpoint_table();
-    let mut schemas = vec![tname.schema.clone()];
-    if cname.schema != tname.schema {
-        schemas.push(cname.schema.clone());
-    }
-    let archive = cfg.archive_table();
-    if let Some(a) = &archive {
-        if !schemas.contains(&a.schema) {
-            schemas.push(a.schema.clone());
+    let views = cfg.per_table();
+    let mut schemas: Vec<String> = Vec::new();
+    let mut add_schema = |s: &str| {
+        if !schemas.iter().any(|x| x == s) {
+            schemas.push(s.to_string());
         }
+    };
+    for v in &views {
+        add_schema(&v.outbox_table().schema);
     }
+    add_schema(&cname.schema);
+    let archives: Vec<_> = views.iter().filter_map(Config::archive_table).collect();
+    for a in &archives {
+        add_schema(&a.schema);
+    }
+    let tables: String = views
+        .iter()
+        .map(|v| {
+            format!(
+                "GRANT SELECT, UPDATE, DELETE ON {} TO outbox_relay;\n",
+                v.outbox.table
+            )
+        })
+        .collect();
     // The janitor moves rows into the archive and prunes it.
-    let archive = archive
+    let archive: String = archives
+        .iter()
         .map(|a| {
             format!(
                 "GRANT SELECT, INSERT, DELETE ON {}.{} TO outbox_relay;\n",
                 a.schema, a.name
             )
         })
-        .unwrap_or_default();
+        .collect();
     let usage: String = schemas
         .iter()
         .map(|s| format!("GRANT USAGE ON SCHEMA {s} TO outbox_relay;\n"))
@@ -232,7 +344,7 @@ pub fn role_statement(cfg: &Config) -> Step {
              SELECT format('CREATE ROLE outbox_relay WITH LOGIN REPLICATION PASSWORD %L', :'relay_password')\n\
              WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_relay')\\gexec\n\
              {usage}\
-             GRANT SELECT, UPDATE, DELETE ON {t} TO outbox_relay;\n\
+             {tables}\
              GRANT SELECT, INSERT, UPDATE ON {ckpt} TO outbox_relay;\n{archive}"
         ),
     }

@@ -25,9 +25,15 @@
 //! * **lost slot** — after `init` replaced a lost slot: how many PENDING rows
 //!   the new slot will never deliver, until `replay --status PENDING`
 //!   publishes them ([`crate::recovery`]).
+//! * **topic drift** — what the running relay's drift check last recorded
+//!   in the checkpoint table: a missing DLQ topic, a topic whose partition
+//!   count changed since it was first seen ([`crate::topic_drift`]).
 //! * **rows** — outbox rows by the status column (`PENDING`, `PROCESSED`,
 //!   `FAILED`), and the age of the oldest `PENDING` row. Rows stay `PENDING`
 //!   until the janitor marks them, so this age includes the janitor's delay.
+//!   With several outbox tables (`outbox.tables`) each table gets a line of
+//!   its own (`tables` in JSON) and these are the sums, the oldest and the
+//!   largest lag.
 //!
 //! Nothing printed contains a secret: the connection URL is never shown.
 
@@ -63,6 +69,90 @@ pub struct Status {
     /// Relays with a leader-election connection for this slot (leader
     /// first), from `pg_stat_activity`.
     pub relays: Vec<RelayInstance>,
+    /// Topic drift the running relay last recorded ([`crate::topic_drift`]).
+    pub topic_drift: Vec<crate::topic_drift::Finding>,
+    /// Per outbox table, with `outbox.tables` (empty with one table: `rows`,
+    /// `oldest_pending` and `lag` are then that table's; with several they
+    /// are the sums, the oldest and the largest).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableStatus>,
+}
+
+/// One outbox table's part of the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    /// `schema.table`.
+    pub table: String,
+    /// Rows by status.
+    pub rows: Rows,
+    /// The oldest `PENDING` row.
+    pub oldest_pending: Option<Age>,
+    /// Age of the oldest `PENDING` row newer than the checkpoint.
+    pub lag_seconds: f64,
+}
+
+/// Rows, oldest pending row and lag seconds of one table's view.
+async fn table_status(client: &Client, cfg: &Config) -> Result<TableStatus> {
+    let ckpt_table = cfg.checkpoint_table();
+    let slot_name = &cfg.postgres.slot;
+    let c = &cfg.outbox.columns;
+    let table = cfg.outbox.table.clone();
+    let (st, ca) = (&c.status, &c.created_at);
+    let mut rows = Rows::default();
+    for r in client
+        .query(
+            &format!("SELECT {st}::text, count(*) FROM {table} GROUP BY 1"),
+            &[],
+        )
+        .await
+        .map_err(|e| RelayError::postgres(format!("counting outbox rows of {table}"), e))?
+    {
+        let status: Option<String> = r.get(0);
+        let n: i64 = r.get(1);
+        match status.as_deref() {
+            Some("PENDING") => rows.pending += n,
+            Some("PROCESSED") => rows.processed += n,
+            Some("FAILED") => rows.failed += n,
+            _ => {}
+        }
+    }
+    let oldest_pending = client
+        .query_one(
+            &format!(
+                "SELECT to_char(min({ca}) AT TIME ZONE 'UTC', '{RFC3339}'), \
+                        extract(epoch FROM now() - min({ca}))::float8 \
+                 FROM {table} WHERE {st} = 'PENDING'"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| RelayError::postgres("reading the oldest pending row", e))
+        .map(|r| {
+            let at: Option<String> = r.get(0);
+            at.map(|at| Age {
+                at,
+                age_seconds: r.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0),
+            })
+        })?;
+    let lag_seconds: Option<f64> = client
+        .query_one(
+            &format!(
+                "SELECT extract(epoch FROM now() - min(o.{ca}))::float8 FROM {table} o \
+                 WHERE o.{st} = 'PENDING' AND o.{ca} > coalesce( \
+                     (SELECT updated_at FROM {}.{} WHERE slot_name = $1), '-infinity')",
+                ckpt_table.schema, ckpt_table.name
+            ),
+            &[slot_name],
+        )
+        .await
+        .map_err(|e| RelayError::postgres("computing lag seconds", e))?
+        .get(0);
+    Ok(TableStatus {
+        table,
+        rows,
+        oldest_pending,
+        lag_seconds: lag_seconds.unwrap_or(0.0).max(0.0),
+    })
 }
 
 /// One relay process seen through its leader-election connection.
@@ -215,63 +305,33 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         _ => None,
     };
 
-    let t = cfg.outbox_table();
-    let c = &cfg.outbox.columns;
-    let table = format!("{}.{}", t.schema, t.name);
-    let (st, ca) = (&c.status, &c.created_at);
     let mut rows = Rows::default();
-    for r in client
-        .query(
-            &format!("SELECT {st}::text, count(*) FROM {table} GROUP BY 1"),
-            &[],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("counting outbox rows (outbox.table)", e))?
-    {
-        let status: Option<String> = r.get(0);
-        let n: i64 = r.get(1);
-        match status.as_deref() {
-            Some("PENDING") => rows.pending += n,
-            Some("PROCESSED") => rows.processed += n,
-            Some("FAILED") => rows.failed += n,
-            _ => {}
+    let mut oldest_pending: Option<Age> = None;
+    let mut lag_seconds: f64 = 0.0;
+    let mut tables = Vec::new();
+    for view in cfg.per_table() {
+        let t = table_status(client, &view).await?;
+        rows.pending += t.rows.pending;
+        rows.processed += t.rows.processed;
+        rows.failed += t.rows.failed;
+        if let Some(a) = &t.oldest_pending {
+            if oldest_pending
+                .as_ref()
+                .is_none_or(|o| a.age_seconds > o.age_seconds)
+            {
+                oldest_pending = Some(a.clone());
+            }
         }
+        lag_seconds = lag_seconds.max(t.lag_seconds);
+        tables.push(t);
     }
-    let oldest_pending = client
-        .query_one(
-            &format!(
-                "SELECT to_char(min({ca}) AT TIME ZONE 'UTC', '{RFC3339}'), \
-                        extract(epoch FROM now() - min({ca}))::float8 \
-                 FROM {table} WHERE {st} = 'PENDING'"
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("reading the oldest pending row", e))
-        .map(|r| {
-            let at: Option<String> = r.get(0);
-            at.map(|at| Age {
-                at,
-                age_seconds: r.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0),
-            })
-        })?;
-    let lag_seconds: Option<f64> = client
-        .query_one(
-            &format!(
-                "SELECT extract(epoch FROM now() - min(o.{ca}))::float8 FROM {table} o \
-                 WHERE o.{st} = 'PENDING' AND o.{ca} > coalesce( \
-                     (SELECT updated_at FROM {}.{} WHERE slot_name = $1), '-infinity')",
-                ckpt_table.schema, ckpt_table.name
-            ),
-            &[&slot_name],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("computing lag seconds", e))?
-        .get(0);
+    if !cfg.multi_table() {
+        tables.clear();
+    }
     let recovery = crate::recovery::load(client, cfg).await?;
     let lost_slot_rows = if recovery.started {
         Some(
-            crate::recovery::lost_range(client, cfg, &recovery)
+            crate::recovery::lost_range_all(client, cfg, &recovery)
                 .await?
                 .rows,
         )
@@ -294,7 +354,14 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         .collect();
     relays.sort_by(|a, b| (a.role != "leader", &a.since).cmp(&(b.role != "leader", &b.since)));
 
+    let topic_drift = crate::topic_drift::load(client, cfg)
+        .await?
+        .map(|r| r.drift)
+        .unwrap_or_default();
+
     Ok(Status {
+        tables,
+        topic_drift,
         relays,
         slot_name,
         slot,
@@ -302,7 +369,7 @@ pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
         checkpoint,
         lag: Lag {
             bytes: lag_bytes,
-            seconds: lag_seconds.unwrap_or(0.0).max(0.0),
+            seconds: lag_seconds,
         },
         rows,
         oldest_pending,
@@ -398,11 +465,29 @@ pub fn render_table(s: &Status) -> String {
             None => "none".to_string(),
         },
     );
+    for t in &s.tables {
+        row(
+            &format!("rows {}", t.table),
+            format!(
+                "{} pending, {} processed, {} failed; oldest pending {}",
+                t.rows.pending,
+                t.rows.processed,
+                t.rows.failed,
+                match &t.oldest_pending {
+                    Some(a) => format!("{} ago", human_secs(a.age_seconds)),
+                    None => "none".to_string(),
+                }
+            ),
+        );
+    }
     if let Some(n) = s.lost_slot_rows {
         row(
             "LOST SLOT",
             format!("{n} PENDING row(s) committed before the new slot: run `outbox-relay replay --status PENDING`"),
         );
+    }
+    for f in &s.topic_drift {
+        out.push(("TOPIC DRIFT".into(), f.to_string()));
     }
     if s.relays.is_empty() {
         out.push((
@@ -491,6 +576,8 @@ mod tests {
             oldest_pending: None,
             lost_slot_rows: None,
             relays: vec![],
+            topic_drift: vec![],
+            tables: vec![],
         }
     }
 

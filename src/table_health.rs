@@ -383,23 +383,39 @@ fn estimate(rows: &mut [RowCount; 3], (live, vals, freqs): (Option<f64>, Vec<Str
 
 /// Set the gauges.
 pub fn record(h: &TableHealth) {
+    record_for(h, None);
+}
+
+/// Set the gauges; with several outbox tables each series carries
+/// `outbox="schema.table"` (`None`: one table, no such label).
+pub fn record_for(h: &TableHealth, outbox: Option<&str>) {
+    use metrics::Label;
+    let labels = |extra: &[(&'static str, &'static str)]| -> Vec<Label> {
+        let mut v: Vec<Label> = extra.iter().map(|(k, val)| Label::new(*k, *val)).collect();
+        if let Some(o) = outbox {
+            v.push(Label::new("outbox", o.to_string()));
+        }
+        v
+    };
     for (i, s) in STATUSES.iter().enumerate() {
-        metrics::gauge!(m::ROWS, "status" => *s).set(h.rows[i].rows as f64);
+        metrics::gauge!(m::ROWS, labels(&[("status", s)])).set(h.rows[i].rows as f64);
     }
     let sizes = std::iter::once(("outbox", h.outbox)).chain(h.archive.map(|a| ("archive", a)));
     for (name, size) in sizes {
-        metrics::gauge!(m::TABLE_BYTES, "table" => name).set(size.table_bytes as f64);
-        metrics::gauge!(m::INDEX_BYTES, "table" => name).set(size.index_bytes as f64);
+        metrics::gauge!(m::TABLE_BYTES, labels(&[("table", name)])).set(size.table_bytes as f64);
+        metrics::gauge!(m::INDEX_BYTES, labels(&[("table", name)])).set(size.index_bytes as f64);
     }
-    metrics::gauge!(m::OLDEST_UNPUBLISHED_AGE).set(h.oldest_unpublished_age_seconds);
-    metrics::gauge!(m::FAILED_LAST_HOUR).set(h.failed_last_hour as f64);
-    metrics::gauge!(m::PRUNE_OVERDUE, "rows" => "processed").set(h.prune_overdue_processed_seconds);
-    metrics::gauge!(m::PRUNE_OVERDUE, "rows" => "failed").set(h.prune_overdue_failed_seconds);
+    metrics::gauge!(m::OLDEST_UNPUBLISHED_AGE, labels(&[])).set(h.oldest_unpublished_age_seconds);
+    metrics::gauge!(m::FAILED_LAST_HOUR, labels(&[])).set(h.failed_last_hour as f64);
+    metrics::gauge!(m::PRUNE_OVERDUE, labels(&[("rows", "processed")]))
+        .set(h.prune_overdue_processed_seconds);
+    metrics::gauge!(m::PRUNE_OVERDUE, labels(&[("rows", "failed")]))
+        .set(h.prune_overdue_failed_seconds);
     if let Some(a) = h.prune_overdue_archived_seconds {
-        metrics::gauge!(m::PRUNE_OVERDUE, "rows" => "archived").set(a);
+        metrics::gauge!(m::PRUNE_OVERDUE, labels(&[("rows", "archived")])).set(a);
     }
     let total: Duration = h.timings.iter().map(|(_, d)| *d).sum();
-    metrics::gauge!(m::TABLE_HEALTH_SECONDS).set(total.as_secs_f64());
+    metrics::gauge!(m::TABLE_HEALTH_SECONDS, labels(&[])).set(total.as_secs_f64());
 }
 
 /// Gather and record every `metrics.table-health-interval` (the first round
@@ -412,6 +428,10 @@ pub async fn run_periodic(cfg: Config, mut shutdown: watch::Receiver<bool>) {
         tracing::info!("table health metrics disabled (metrics.table-health-interval = 0)");
         return;
     }
+    // One round of queries per outbox table (`outbox.tables`), each series
+    // labelled with its table when there are several.
+    let views = cfg.per_table();
+    let multi = cfg.multi_table();
     let mut client: Option<Client> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -433,14 +453,18 @@ pub async fn run_periodic(cfg: Config, mut shutdown: watch::Receiver<bool>) {
             };
         }
         let Some(c) = client.as_ref() else { continue };
-        match gather(c, &cfg).await {
-            Ok(h) => {
-                record(&h);
-                tracing::debug!(timings = ?h.timings, "table health gathered");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "table health queries failed; next try in one interval");
-                client = None;
+        for view in &views {
+            match gather(c, view).await {
+                Ok(h) => {
+                    let label = multi.then_some(view.outbox.table.as_str());
+                    record_for(&h, label);
+                    tracing::debug!(table = %view.outbox.table, timings = ?h.timings, "table health gathered");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "table health queries failed; next try in one interval");
+                    client = None;
+                    break;
+                }
             }
         }
     }

@@ -240,6 +240,33 @@ const CASES: &[(&str, &str, &str)] = &[
     ("relay.max-payload-bytes", "0", "zero"),
     ("relay.batch-size", "0", "zero"),
     ("relay.batch-size", "1.5", "wrong type"),
+    // outbox.tables
+    ("outbox.tables", "\"public.a\"", "wrong type"),
+    (
+        "outbox.tables",
+        "[{ table = \"bad name\" }]",
+        "bad table name",
+    ),
+    (
+        "outbox.tables",
+        "[{ table = \"a.b\", topic = \"x\" }]",
+        "unknown field",
+    ),
+    (
+        "outbox.tables",
+        "[{ table = \"a.b\" }, { table = \"a.b\" }]",
+        "the same table twice",
+    ),
+    (
+        "outbox.tables",
+        "[{ table = \"a.b\", topic-template = \"bad topic!\" }]",
+        "illegal topic template",
+    ),
+    (
+        "outbox.tables",
+        "[{ table = \"a.b\", columns = { id = \"1d\" } }]",
+        "bad column name",
+    ),
     // metrics
     (
         "metrics.listen",
@@ -303,6 +330,8 @@ const CASES: &[(&str, &str, &str)] = &[
         "{ \"transactional.id\" = \"mine\" }",
         "set by the relay (kafka.transactional-id)",
     ),
+    ("kafka.topic-check-interval", "60", "wrong type"),
+    ("kafka.topic-check-interval", "\"often\"", "bad duration"),
     // ha
     ("ha.enabled", "\"yes\"", "wrong type"),
     ("ha.lease", "\"50ms\"", "below 100ms"),
@@ -348,6 +377,10 @@ const ANY_WELL_TYPED_VALUE: &[(&str, &str)] = &[
     (
         "kafka.instance-header",
         "a switch: on adds the relay_instance header",
+    ),
+    (
+        "kafka.topic-check-interval",
+        "0s turns the topic drift check off; any other duration is a period",
     ),
     (
         "ha.enabled",

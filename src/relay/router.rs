@@ -2,8 +2,12 @@
 //! ignore. Pure: no I/O, no clock.
 //!
 //! Relation messages go through the decoder's [`RelationCache`] (the path
-//! the fuzz target and benches exercise); each relation is resolved against
-//! `outbox.columns` once, and every Insert of it is mapped with that result.
+//! the fuzz target and benches exercise); each relation is resolved once
+//! against the outbox tables (`outbox.table`, or every `outbox.tables`
+//! entry with its own columns and topic template), and every Insert of it
+//! is mapped with that result: one hash lookup by relation id per row,
+//! whatever the number of tables. Rows of all tables share the one stream,
+//! so they keep one commit order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,49 +47,96 @@ pub(crate) enum Route {
     Ignore,
 }
 
-/// Maps inserts of the outbox table to topics.
+/// One outbox table: how its rows are read and routed.
+struct Table {
+    mapping: OutboxMapping,
+    template: TopicTemplate,
+    /// The table's name for the template's `{table}`.
+    name: String,
+    /// How errors name its rows: `outbox row` with one table (as always),
+    /// `outbox row schema.table` with several (ids repeat across tables).
+    row_label: String,
+}
+
+/// A relation of an outbox table, resolved.
+struct Target {
+    resolved: ResolvedRelation,
+    /// Index into [`Router::tables`].
+    table: usize,
+}
+
+/// Maps inserts of the outbox tables to topics.
 pub(crate) struct Router {
     relations: RelationCache,
-    mapping: OutboxMapping,
-    /// Per relation OID: the outbox mapping, or `None` for other tables.
-    resolved: HashMap<u32, Option<Arc<ResolvedRelation>>>,
-    template: TopicTemplate,
-    table_name: String,
+    tables: Vec<Table>,
+    /// Per relation OID: its outbox table's mapping, or `None` for other
+    /// tables.
+    resolved: HashMap<u32, Option<Arc<Target>>>,
     max_payload_bytes: usize,
 }
 
 impl Router {
-    /// The router for the outbox table in `cfg`.
+    /// The router for the outbox table(s) in `cfg`.
     pub(crate) fn new(cfg: &Config) -> Result<Self> {
-        let template = TopicTemplate::parse(&cfg.kafka.topic_template)
-            .map_err(|msg| ConfigError::new("kafka.topic-template", msg))?;
-        let table = cfg.outbox_table();
+        let multi = cfg.multi_table();
+        let tables = cfg
+            .per_table()
+            .iter()
+            .enumerate()
+            .map(|(i, view)| {
+                let template = TopicTemplate::parse(&view.kafka.topic_template).map_err(|msg| {
+                    let key = if multi {
+                        format!("outbox.tables[{i}].topic-template")
+                    } else {
+                        "kafka.topic-template".into()
+                    };
+                    ConfigError::new(key, msg)
+                })?;
+                let table = view.outbox_table();
+                Ok(Table {
+                    name: table.name.clone(),
+                    row_label: if multi {
+                        format!("outbox row {table}")
+                    } else {
+                        "outbox row".into()
+                    },
+                    mapping: OutboxMapping::new(table, view.column_names()),
+                    template,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             relations: RelationCache::new(),
-            table_name: table.name.clone(),
-            mapping: OutboxMapping::new(table, cfg.column_names()),
+            tables,
             resolved: HashMap::new(),
-            template,
             max_payload_bytes: cfg.relay.max_payload_bytes,
         })
     }
 
-    /// A Relation message: remember it and resolve it against the mapping.
+    /// A Relation message: remember it and resolve it against the mapping
+    /// of its table (if it is an outbox table).
     pub(crate) fn relation(&mut self, rel: Relation) -> Result<()> {
         let rel = self.relations.insert(rel);
-        let resolved = self.mapping.resolve(&rel).map_err(|e| {
-            RelayError::Environment(format!(
-                "outbox table {}.{} does not match outbox.columns: {e}",
-                rel.namespace, rel.name
-            ))
-        })?;
-        self.resolved.insert(rel.id, resolved.map(Arc::new));
+        let mut target = None;
+        for (i, t) in self.tables.iter().enumerate() {
+            let resolved = t.mapping.resolve(&rel).map_err(|e| {
+                RelayError::Environment(format!(
+                    "outbox table {}.{} does not match its column mapping (outbox.columns): {e}",
+                    rel.namespace, rel.name
+                ))
+            })?;
+            if let Some(resolved) = resolved {
+                target = Some(Arc::new(Target { resolved, table: i }));
+                break;
+            }
+        }
+        self.resolved.insert(rel.id, target);
         Ok(())
     }
 
     /// Route one inserted row of transaction `meta`.
     pub(crate) fn route(&self, relation_id: u32, tuple: &Tuple, meta: &TxnMeta) -> Result<Route> {
-        let resolved = match self.resolved.get(&relation_id) {
+        let target = match self.resolved.get(&relation_id) {
             Some(Some(r)) => r,
             Some(None) => return Ok(Route::Ignore),
             None => {
@@ -96,10 +147,19 @@ impl Router {
                 ))
             }
         };
-        let rec = match resolved.record(tuple) {
+        let table = &self.tables[target.table];
+        let rec = match target.resolved.record(tuple) {
             Ok(rec) => rec,
             Err(row_err) => {
-                let reason = reason(row_err.to_string(), String::new(), true);
+                let message = if self.tables.len() > 1 {
+                    let id = row_err
+                        .row_id
+                        .map_or_else(|| "(id unknown)".to_string(), |id| format!("id={id}"));
+                    format!("{} {id}: {}", table.row_label, row_err.kind)
+                } else {
+                    row_err.to_string()
+                };
+                let reason = reason(message, String::new(), true);
                 let dl = dead_letter::from_row_error(&row_err, meta, &reason);
                 return Ok(Route::Reject {
                     row_id: row_err.row_id,
@@ -110,15 +170,15 @@ impl Router {
         };
         let topic = match &rec.topic {
             Some(t) => t.clone(),
-            None => self.template.render(&RouteFields {
+            None => table.template.render(&RouteFields {
                 aggregate_type: &rec.aggregate_type,
                 event_type: &rec.event_type,
-                table: &self.table_name,
+                table: &table.name,
             }),
         };
         if let Some((problem, drop_value)) = self.local_check(&rec, &topic) {
             let reason = reason(
-                format!("outbox row id={}: {problem}", rec.id),
+                format!("{} id={}: {problem}", table.row_label, rec.id),
                 topic,
                 drop_value,
             );
@@ -214,6 +274,57 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn several_tables_route_by_relation_with_their_own_template() {
+        let toml = r#"
+            [postgres]
+            url = "postgres://u@h/d"
+            [kafka]
+            brokers = "h:1"
+            [[outbox.tables]]
+            table = "public.outbox"
+            [[outbox.tables]]
+            table = "billing.outbox"
+            topic-template = "billing.{table}.{aggregate_type}"
+        "#;
+        let c = Config::from_sources(Some(toml), &[], &Default::default()).unwrap();
+        let mut r = Router::new(&c).unwrap();
+        let mut billing = outbox_relation(2);
+        billing.namespace = "billing".into();
+        let mut other = outbox_relation(3);
+        other.name = "orders".into();
+        for rel in [outbox_relation(1), billing, other] {
+            let bytes = bytes::Bytes::from(relation_message(&rel));
+            let Ok(Message::Relation(rel)) = parse(&bytes) else {
+                panic!()
+            };
+            r.relation(rel).unwrap();
+        }
+        let route = |oid, id| {
+            let bytes = bytes::Bytes::from(outbox_insert_message(oid, id, None, None));
+            let Ok(Message::Insert { relation_id, tuple }) = parse(&bytes) else {
+                panic!()
+            };
+            r.route(relation_id, &tuple, &TxnMeta::new(1, 0)).unwrap()
+        };
+        assert!(matches!(route(1, 1), Route::Publish { topic, .. } if topic == "outbox.order"));
+        assert!(
+            matches!(route(2, 2), Route::Publish { topic, .. } if topic == "billing.outbox.order")
+        );
+        assert!(matches!(route(3, 3), Route::Ignore));
+        // A row error names the table and the id.
+        let bytes = bytes::Bytes::from(outbox_insert_message(2, 4, None, Some("bad topic!")));
+        let Ok(Message::Insert { relation_id, tuple }) = parse(&bytes) else {
+            panic!()
+        };
+        match r.route(relation_id, &tuple, &TxnMeta::new(1, 0)).unwrap() {
+            Route::Reject { message, .. } => {
+                assert!(message.contains("billing.outbox id=4"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

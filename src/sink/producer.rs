@@ -370,6 +370,7 @@ impl Publisher {
             }
         }
         self.known_topics.insert(topic.to_string());
+        crate::topic_drift::note_topic(topic);
         Ok(())
     }
 
@@ -403,6 +404,7 @@ impl Publisher {
         };
         if refusal.is_none() {
             self.known_topics.insert(topic.to_string());
+            crate::topic_drift::note_topic(topic);
         }
         Ok(refusal)
     }

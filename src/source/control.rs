@@ -168,31 +168,70 @@ pub async fn preflight(client: &Client, cfg: &Config) -> Result<()> {
             "replication slot {slot} does not exist (postgres.slot): run `outbox-relay init` first"
         )));
     }
-    let table = cfg.outbox_table();
-    let row = client
-        .query_opt(
-            "SELECT p.pubinsert, EXISTS (SELECT 1 FROM pg_publication_tables t \
-               WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3) \
-             FROM pg_publication p WHERE p.pubname = $1",
-            &[&cfg.postgres.publication, &table.schema, &table.name],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("reading pg_publication", e))?;
     let pubname = &cfg.postgres.publication;
-    match row {
-        None => Err(RelayError::Environment(format!(
-            "publication {pubname} does not exist (postgres.publication): run `outbox-relay init` first"
-        ))),
-        Some(r) => {
-            let (inserts, has_table): (bool, bool) = (r.get(0), r.get(1));
-            if !inserts || !has_table {
-                Err(RelayError::Environment(format!(
-                    "publication {pubname} must publish inserts of {}.{} (postgres.publication, outbox.table)",
-                    table.schema, table.name
-                )))
-            } else {
-                Ok(())
-            }
+    for view in cfg.per_table() {
+        let table = view.outbox_table();
+        let row = client
+            .query_opt(
+                "SELECT p.pubinsert, EXISTS (SELECT 1 FROM pg_publication_tables t \
+                   WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3) \
+                 FROM pg_publication p WHERE p.pubname = $1",
+                &[pubname, &table.schema, &table.name],
+            )
+            .await
+            .map_err(|e| RelayError::postgres("reading pg_publication", e))?;
+        let Some(r) = row else {
+            return Err(RelayError::Environment(format!(
+                "publication {pubname} does not exist (postgres.publication): run `outbox-relay init` first"
+            )));
+        };
+        let (inserts, has_table): (bool, bool) = (r.get(0), r.get(1));
+        if !inserts || !has_table {
+            return Err(RelayError::Environment(format!(
+                "publication {pubname} must publish inserts of {}.{} (postgres.publication, outbox.table{})",
+                table.schema,
+                table.name,
+                if cfg.multi_table() { "s" } else { "" }
+            )));
         }
     }
+    if cfg.multi_table() {
+        warn_unless_shared_ids(client, cfg).await?;
+    }
+    Ok(())
+}
+
+/// With several outbox tables, a dead-lettered row is marked FAILED by its
+/// id in every table (the stream's failure bookkeeping carries no table),
+/// so ids must not repeat across the tables: `init` creates them on one
+/// sequence. Tables it did not create are checked here: the id columns'
+/// defaults must be the same `nextval(...)`. Otherwise a warning, not a
+/// refusal (disjoint id ranges are fine too, and cannot be checked cheaply).
+async fn warn_unless_shared_ids(client: &Client, cfg: &Config) -> Result<()> {
+    let mut defaults = Vec::new();
+    for view in cfg.per_table() {
+        let d: Option<String> = client
+            .query_opt(
+                "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a \
+                 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                 WHERE a.attrelid = $1::text::regclass AND a.attname = $2",
+                &[&view.outbox.table, &view.outbox.columns.id],
+            )
+            .await
+            .map_err(|e| RelayError::postgres("reading the outbox tables' id defaults", e))?
+            .and_then(|r| r.get(0));
+        defaults.push((view.outbox.table.clone(), d));
+    }
+    let first = &defaults[0].1;
+    let shared = first.as_deref().is_some_and(|d| d.starts_with("nextval("))
+        && defaults.iter().all(|(_, d)| d == first);
+    if !shared {
+        tracing::warn!(
+            defaults = ?defaults,
+            "the outbox tables do not draw ids from one sequence: a dead-lettered row is marked \
+             FAILED by id in every table, so a row of the same id in another table would be \
+             marked too (README: 'Several outbox tables')"
+        );
+    }
+    Ok(())
 }
