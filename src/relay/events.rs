@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::router::Route;
 use super::{unix_millis, Current, Session};
 use crate::decode::{self, Message};
-use crate::error::{RelayError, Result};
+use crate::error::Result;
 use crate::ports::{Bookkeeping, MessageSink, SourceEvent};
 use crate::sink::message::TxnMeta;
 use crate::sink::{Delivery, MsgTag};
@@ -101,11 +101,7 @@ impl Session<'_> {
                     Message::Relation(rel) => self.router.relation(rel)?,
                     Message::Insert { relation_id, tuple } => {
                         let Some(cur) = self.current.as_mut() else {
-                            return Err(RelayError::Replication(
-                                pgwire_replication::PgWireError::Protocol(
-                                    "Insert outside a transaction".into(),
-                                ),
-                            ));
+                            return Err(super::insert_outside_transaction());
                         };
                         if cur.skip {
                             return Ok(());

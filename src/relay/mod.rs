@@ -215,6 +215,24 @@ fn ended(ev: Option<crate::ports::SourceEvent>) -> Result<crate::ports::SourceEv
     })
 }
 
+/// The CloudEvents encoder of `kafka.format` (`None`: raw messages), one
+/// per session, shared by every transaction — both delivery modes.
+fn encoder(cfg: &Config) -> Result<Option<Arc<crate::sink::cloudevents::CloudEvents>>> {
+    Ok(crate::sink::cloudevents::CloudEvents::new(
+        cfg.kafka.format,
+        &cfg.kafka.cloudevents,
+        &cfg.outbox_table().name,
+    )?)
+}
+
+/// pgoutput sends inserts only between Begin and Commit; anything else is
+/// a broken stream (both delivery modes end the session on it).
+fn insert_outside_transaction() -> RelayError {
+    RelayError::Replication(pgwire_replication::PgWireError::Protocol(
+        "Insert outside a transaction".into(),
+    ))
+}
+
 /// A bookkeeping call with a deadline.
 async fn bounded<T>(limit: Duration, what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
     tokio::time::timeout(limit, f)
@@ -233,11 +251,7 @@ impl<'a> Session<'a> {
             cfg,
             health,
             router: Router::new(cfg)?,
-            cloudevents: crate::sink::cloudevents::CloudEvents::new(
-                cfg.kafka.format,
-                &cfg.kafka.cloudevents,
-                &cfg.outbox_table().name,
-            )?,
+            cloudevents: encoder(cfg)?,
             progress: Progress::new(resume_from),
             policy: FailurePolicy::new(cfg),
             limits: Limits {

@@ -211,11 +211,7 @@ impl<'a> TxnSession<'a> {
             cfg,
             health,
             router: Router::new(cfg)?,
-            cloudevents: crate::sink::cloudevents::CloudEvents::new(
-                cfg.kafka.format,
-                &cfg.kafka.cloudevents,
-                &cfg.outbox_table().name,
-            )?,
+            cloudevents: super::encoder(cfg)?,
             sink,
             pos: Positions::new(resume.lsn),
             resume,
@@ -406,11 +402,7 @@ impl<'a> TxnSession<'a> {
                     Message::Relation(rel) => self.router.relation(rel)?,
                     Message::Insert { relation_id, tuple } => {
                         let Some(cur) = self.cur.as_mut() else {
-                            return Err(RelayError::Replication(
-                                pgwire_replication::PgWireError::Protocol(
-                                    "Insert outside a transaction".into(),
-                                ),
-                            ));
+                            return Err(super::insert_outside_transaction());
                         };
                         if cur.skip_whole {
                             return Ok(());
