@@ -165,6 +165,28 @@ pub(crate) fn tail(env: &Env, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle
         .await
     })
 }
+/// The end of a takeover test: stop the writers, hand the reader every id
+/// they committed, wait for it, and check what arrived — every id, commit
+/// order per partition, no two leaders interleaved within a partition.
+pub(crate) async fn stop_and_check(
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Vec<i64>>>,
+    seen: &Mutex<Seen>,
+    reader: tokio::task::JoinHandle<Vec<Received>>,
+) -> (HashSet<i64>, Arrival) {
+    stop.store(true, Ordering::Relaxed);
+    let mut ids = HashSet::new();
+    for w in writers {
+        ids.extend(w.await.expect("writer"));
+    }
+    seen.lock().unwrap().want = Some(ids.clone());
+    let msgs = reader.await.expect("reader");
+    let arrival = Arrival::of(&msgs);
+    arrival.assert_complete(&ids);
+    arrival.assert_commit_order();
+    assert_no_interleaving(&msgs);
+    (ids, arrival)
+}
 
 /// Per partition, the run of producing instances in offset order never
 /// returns to an earlier one: no message of an earlier leader after the
@@ -285,18 +307,8 @@ async fn kill9_of_the_leader_hands_over_without_loss() {
         takeovers.push(took);
         last_leader = Some(leader);
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut ids = HashSet::new();
-    for w in writers {
-        ids.extend(w.await.expect("writer"));
-    }
+    let (ids, arrival) = stop_and_check(&stop, writers, &seen, reader).await;
     assert!(ids.len() >= 10_000, "{} events", ids.len());
-    seen.lock().unwrap().want = Some(ids.clone());
-    let msgs = reader.await.expect("reader");
-    let arrival = Arrival::of(&msgs);
-    arrival.assert_complete(&ids);
-    arrival.assert_commit_order();
-    assert_no_interleaving(&msgs);
     // Duplicates: at most what was in flight (max-in-flight) per kill.
     let window = 10_000 * kills;
     assert!(
@@ -392,17 +404,7 @@ async fn network_cut_leader_steps_down_and_leaders_never_interleave() {
         a.log_text()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut ids = HashSet::new();
-    for w in writers {
-        ids.extend(w.await.expect("writer"));
-    }
-    seen.lock().unwrap().want = Some(ids.clone());
-    let msgs = reader.await.expect("reader");
-    let arrival = Arrival::of(&msgs);
-    arrival.assert_complete(&ids);
-    arrival.assert_commit_order();
-    assert_no_interleaving(&msgs);
+    let (ids, arrival) = stop_and_check(&stop, writers, &seen, reader).await;
     eprintln!(
         "[ha] network cut: {} events, {} duplicates",
         ids.len(),
@@ -438,17 +440,7 @@ async fn sigterm_of_the_leader_hands_over_without_duplicates() {
     assert_eq!(new, b.pid().unwrap());
     eprintln!("[ha] SIGTERM: new leader after {:?}", t0.elapsed());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut ids = HashSet::new();
-    for w in writers {
-        ids.extend(w.await.expect("writer"));
-    }
-    seen.lock().unwrap().want = Some(ids.clone());
-    let msgs = reader.await.expect("reader");
-    let arrival = Arrival::of(&msgs);
-    arrival.assert_complete(&ids);
-    arrival.assert_commit_order();
-    assert_no_interleaving(&msgs);
+    let (_, arrival) = stop_and_check(&stop, writers, &seen, reader).await;
     assert_eq!(
         arrival.duplicates(),
         0,

@@ -14,16 +14,15 @@
 //! 500 ms, advertised in the lock connection's name): the new relay must
 //! wait out the old one's longer lease when it takes over from it.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{Arrival, Env, RelayProc};
+use crate::fixture::{Env, RelayProc};
 use crate::ha::{
-    assert_no_interleaving, instance_pid, paced_writer, tail, wait_leader, Seen, HA_DEFAULTS,
-    INSTANCE, OWN_PORT, TOPIC,
+    instance_pid, paced_writer, stop_and_check, tail, wait_leader, Seen, HA_DEFAULTS, INSTANCE,
+    OWN_PORT, TOPIC,
 };
 
 /// The previous release's relay binary, or a failure that says how to build it.
@@ -164,17 +163,7 @@ async fn previous_and_current_release_hand_over_both_ways() {
         standby = relays.spawn(from);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut ids = HashSet::new();
-    for w in writers {
-        ids.extend(w.await.expect("writer"));
-    }
-    seen.lock().unwrap().want = Some(ids.clone());
-    let msgs = reader.await.expect("reader");
-    let arrival = Arrival::of(&msgs);
-    arrival.assert_complete(&ids);
-    arrival.assert_commit_order();
-    assert_no_interleaving(&msgs);
+    let (ids, arrival) = stop_and_check(&stop, writers, &seen, reader).await;
     eprintln!(
         "[versions] {} events, {} duplicates over 4 handovers",
         ids.len(),

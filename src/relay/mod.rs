@@ -288,7 +288,7 @@ impl<'a> Session<'a> {
                 if saving.is_none() && self.progress.wants_early_checkpoint(self.limits) {
                     saving = self.start_checkpoint(book, &stream).await?;
                 }
-                let can_read = self.policy.may_read() && self.progress.window_open(self.limits);
+                let can_read = self.can_read();
                 let wake = self.policy.next_wakeup();
                 tokio::select! {
                     biased;
@@ -319,7 +319,7 @@ impl<'a> Session<'a> {
                     ev = stream.recv(), if can_read => {
                         self.on_event(ended(ev?)?, &mut sink, book).await?;
                         for _ in 1..BATCH {
-                            if !(self.policy.may_read() && self.progress.window_open(self.limits)) {
+                            if !self.can_read() {
                                 break;
                             }
                             let Some(ev) = stream.try_recv() else { break };
@@ -359,6 +359,12 @@ impl<'a> Session<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// Whether the stream may be read now: no row is held (block mode) and
+    /// the in-flight window is open (invariant 6).
+    fn can_read(&self) -> bool {
+        self.policy.may_read() && self.progress.window_open(self.limits)
     }
 
     /// A refusal in a batch ended the session: the other messages of that
