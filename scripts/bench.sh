@@ -9,6 +9,7 @@
 #   scripts/bench.sh --quick                          # smoke run, ~2 min
 #   scripts/bench.sh --only catchup,steady            # some parts only
 #   scripts/bench.sh --against debezium [--quick]     # side by side with Debezium (issue 10)
+#   scripts/bench.sh --against exactly-once [--quick] # the two delivery modes side by side (issue 11)
 #
 # --against debezium fetches Kafka Connect and Debezium's PostgreSQL connector from Maven
 # Central once (deploy/debezium/pom.xml → ~/.cache/outbox-relay/debezium/<versions>/libs),
@@ -37,8 +38,10 @@ done
 
 bash scripts/setup.sh
 
-if [ -n "$against" ]; then
-    [ "$against" = "debezium" ] || { log "--against $against: only debezium is known"; exit 2; }
+if [ "$against" = "exactly-once" ]; then
+    against=""   # the relay against itself: nothing to fetch, no picture
+elif [ -n "$against" ]; then
+    [ "$against" = "debezium" ] || { log "--against $against: debezium or exactly-once"; exit 2; }
     # shellcheck source=scripts/lib/debezium.sh
     . scripts/lib/debezium.sh
     debezium_fetch

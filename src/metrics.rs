@@ -29,6 +29,8 @@ pub const PRODUCE_LATENCY: &str = "outbox_relay_produce_latency_seconds";
 pub const END_TO_END_LATENCY: &str = "outbox_relay_end_to_end_latency_seconds";
 /// Outbox rows per transaction.
 pub const TRANSACTION_SIZE: &str = "outbox_relay_transaction_rows";
+/// Exactly-once mode: time `commit_transaction` took (flush + EndTxn).
+pub const KAFKA_COMMIT_SECONDS: &str = "outbox_relay_kafka_commit_seconds";
 /// Replication slot `wal_status`, one series per status, 1 for the current.
 pub const SLOT_WAL_STATUS: &str = "outbox_relay_slot_wal_status";
 /// Seconds since the last heartbeat or outbox transaction was seen.
@@ -75,6 +77,7 @@ pub const ALL: &[&str] = &[
     PRODUCE_LATENCY,
     END_TO_END_LATENCY,
     TRANSACTION_SIZE,
+    KAFKA_COMMIT_SECONDS,
     SLOT_WAL_STATUS,
     HEARTBEAT_AGE,
     STREAM_UP,
@@ -133,6 +136,11 @@ pub fn describe() {
         "Time from the transaction's commit until the broker acknowledged the message"
     );
     describe_histogram!(TRANSACTION_SIZE, "Outbox rows per relayed transaction");
+    describe_histogram!(
+        KAFKA_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Exactly-once mode: time a Kafka transaction's commit took (flushing its messages, then the coordinator's EndTxn)"
+    );
     describe_gauge!(
         SLOT_WAL_STATUS,
         "Replication slot wal_status: 1 for the current status label"

@@ -241,6 +241,22 @@ async fn crash_at_each_dangerous_point_delivers_exactly_once() {
         json.contains("\"v\":1") && json.contains("\"epoch\":5"),
         "{json}"
     );
+    // `init` made it compacted with short segments (a restart scans it).
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        kafka::client_config(&eo.env.bootstrap()).create().unwrap();
+    let progress_topic = eo.env.topic("outbox-relay.progress");
+    let configs = admin
+        .describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(&progress_topic)],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let resource = configs.into_iter().next().unwrap().unwrap();
+    let value = |k: &str| resource.get(k).and_then(|e| e.value.clone());
+    assert_eq!(value("cleanup.policy").as_deref(), Some("compact"));
+    assert_eq!(value("segment.ms").as_deref(), Some("3600000"));
+    assert_eq!(value("segment.bytes").as_deref(), Some("16777216"));
     eprintln!(
         "exactly-once fault points: {} rows, 4 crashes, 0 duplicates; last progress {json}",
         ids.len()

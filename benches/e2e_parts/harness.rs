@@ -32,15 +32,17 @@ pub fn write_config(
     pg_url: &str,
     brokers: &str,
     metrics_port: u16,
-    extra: &str,
+    extras: &[&str],
 ) -> Result<()> {
     let base = format!(
         "[postgres]\nurl = \"{pg_url}\"\n\n[kafka]\nbrokers = \"{brokers}\"\n\n\
          [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
     );
     let mut table: toml::Table = toml::from_str(&base)?;
-    let extra: toml::Table = toml::from_str(extra).context("--relay-toml is not valid TOML")?;
-    merge(&mut table, extra);
+    for extra in extras {
+        let extra: toml::Table = toml::from_str(extra).context("--relay-toml is not valid TOML")?;
+        merge(&mut table, extra);
+    }
     std::fs::write(path, toml::to_string(&table)?)
         .with_context(|| format!("write {}", path.display()))
 }
@@ -408,11 +410,11 @@ pub async fn insert_lsn(c: &Client) -> Result<u64> {
     parse_lsn(&s).context("lsn")
 }
 
-pub async fn checkpoint_lsn(c: &Client) -> Result<u64> {
+pub async fn checkpoint_lsn(c: &Client, slot: &str) -> Result<u64> {
     let row = c
         .query_opt(
-            "SELECT lsn::text FROM public.outbox_relay_checkpoint WHERE slot_name = 'outbox_relay'",
-            &[],
+            "SELECT lsn::text FROM public.outbox_relay_checkpoint WHERE slot_name = $1",
+            &[&slot],
         )
         .await?;
     Ok(row

@@ -355,6 +355,9 @@ pub async fn spawn_consumer(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("allow.auto.create.topics", "false")
+        // librdkafka's default, stated: in exactly-once mode a message counts
+        // as received once its Kafka transaction committed.
+        .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .set("fetch.min.bytes", "1")
         .set("fetch.error.backoff.ms", "10")

@@ -33,6 +33,9 @@ use crate::{Env, Opts, Sampler};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Relay,
+    /// The relay in `kafka.delivery = "exactly-once"` on a slot and topics
+    /// of its own (`--against exactly-once`).
+    RelayExactlyOnce,
     Debezium,
 }
 
@@ -40,6 +43,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Relay => "outbox-relay",
+            Kind::RelayExactlyOnce => "outbox-relay (exactly-once)",
             Kind::Debezium => "Debezium",
         }
     }
@@ -47,6 +51,7 @@ impl Kind {
     pub fn key(self) -> &'static str {
         match self {
             Kind::Relay => "relay",
+            Kind::RelayExactlyOnce => "relay_exactly_once",
             Kind::Debezium => "debezium",
         }
     }
@@ -55,6 +60,7 @@ impl Kind {
     pub fn topic(self, agg: &str) -> String {
         match self {
             Kind::Relay => format!("outbox.{agg}"),
+            Kind::RelayExactlyOnce => format!("eo.{agg}"),
             Kind::Debezium => format!("dbz.{agg}"),
         }
     }
@@ -63,10 +69,19 @@ impl Kind {
     pub fn slot(self) -> &'static str {
         match self {
             Kind::Relay => "outbox_relay",
+            Kind::RelayExactlyOnce => EXACTLY_ONCE_SLOT,
             Kind::Debezium => connect::SLOT,
         }
     }
 }
+
+/// The exactly-once relay's slot.
+pub const EXACTLY_ONCE_SLOT: &str = "outbox_relay_eo";
+
+/// What the exactly-once contender runs with on top of `--relay-toml`: its
+/// own slot (so both modes drain the same backlog), its own topics, the mode.
+pub const EXACTLY_ONCE_TOML: &str = "[postgres]\nslot = \"outbox_relay_eo\"\n\n\
+     [kafka]\ndelivery = \"exactly-once\"\ntopic-template = \"eo.{aggregate_type}\"\n";
 
 /// A running contender process.
 pub enum Running {
@@ -116,6 +131,7 @@ impl Env {
     pub fn start(&self, kind: Kind) -> Result<Running> {
         match kind {
             Kind::Relay => Ok(Running::Relay(self.start_relay(&self.bootstrap)?)),
+            Kind::RelayExactlyOnce => Ok(Running::Relay(self.start_relay_exactly_once()?)),
             Kind::Debezium => Ok(Running::Connect(Connect::spawn(
                 &self.dir.path().join("connect"),
                 &self.bootstrap,
@@ -223,10 +239,10 @@ pub async fn drain(env: &Env, kind: Kind, agg: &str, n: u64, last_end: u64) -> R
     // The relay's own durable position: how long after the broker held the
     // last event its checkpoint covered the last commit.
     let mut checkpointed_s = None;
-    if kind == Kind::Relay {
+    if matches!(kind, Kind::Relay | Kind::RelayExactlyOnce) {
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
-            if harness::checkpoint_lsn(&env.ctl).await? >= last_end {
+            if harness::checkpoint_lsn(&env.ctl, kind.slot()).await? >= last_end {
                 checkpointed_s = Some(t.elapsed().as_secs_f64());
                 break;
             }
@@ -235,6 +251,20 @@ pub async fn drain(env: &Env, kind: Kind, agg: &str, n: u64, last_end: u64) -> R
     }
     proc.stop();
     let held = env.end_offsets(&topic).await?;
+    // In exactly-once mode the end offsets count commit markers too, and a
+    // message is readable (read_committed) only once its transaction
+    // committed: the clock stops when the checkpoint covers the last commit,
+    // which the relay writes only after the Kafka commit (at most
+    // relay.checkpoint-interval later — never in the mode's favour).
+    let secs = match (kind, checkpointed_s) {
+        (Kind::RelayExactlyOnce, Some(c)) => c,
+        (Kind::RelayExactlyOnce, None) => bail!(
+            "{}: the checkpoint did not cover the last commit within 30 s; log {}",
+            kind.name(),
+            proc.log()
+        ),
+        _ => secs,
+    };
     let rate = n as f64 / secs;
     let first = first_event.unwrap_or(secs);
     let cpu_s = sample.cpu().unwrap_or(0.0);
@@ -337,7 +367,7 @@ pub async fn steady(
     env.end_offsets(&topic).await?;
     crate::quiesce(&env.ctl).await?;
     match kind {
-        Kind::Relay => env.skip_slot(kind.slot()).await?,
+        Kind::Relay | Kind::RelayExactlyOnce => env.skip_slot(kind.slot()).await?,
         Kind::Debezium => env.recreate_dbz_slot().await?,
     }
     let t0 = Instant::now();
@@ -455,7 +485,7 @@ pub async fn steady(
     let (commit_to_append, _) = load::to_append(&load.commits, &recvs);
     let (commit_to_receive, _, _) = load::commit_to_receive(&load.commits, &recvs);
     let header_to_append = match kind {
-        Kind::Relay => load::header_to_append(&load.commits, &recvs),
+        Kind::Relay | Kind::RelayExactlyOnce => load::header_to_append(&load.commits, &recvs),
         Kind::Debezium => None,
     };
     if !all || missing > 0 {

@@ -37,6 +37,7 @@
 //! (malformed, oversized, bad topic name) are dead-lettered at once.
 //! `relay.on-permanent-error = "block"` is refused at config time.
 
+mod ahead;
 mod commit;
 mod position;
 mod send;
@@ -62,6 +63,7 @@ use crate::sink::progress_topic::{self, Resume};
 use crate::sink::transactional::TxnSink;
 use crate::sink::Delivery;
 use crate::source;
+use ahead::ReadAhead;
 use position::Positions;
 
 /// Run one exactly-once session (see the module docs).
@@ -166,6 +168,7 @@ struct PgTxn {
 
 /// The open Kafka transaction.
 struct OpenTxn {
+    /// See [`TxnSession::began`]; due an interval after.
     began: Instant,
     msgs: usize,
     bytes: usize,
@@ -194,6 +197,10 @@ pub(super) struct TxnSession<'a> {
     /// Dead-lettered rows of committed transactions not yet marked FAILED
     /// (carried in every progress record until they are).
     failed_rows: Vec<(i64, i32)>,
+    /// Events read while a commit was in flight, handled before new ones.
+    ahead: ReadAhead,
+    /// When the event being handled arrived.
+    arrived: Instant,
     last_persist: Instant,
     last_activity: Instant,
     stats: &'a mut SessionStats,
@@ -219,6 +226,8 @@ impl<'a> TxnSession<'a> {
             cur: None,
             open: None,
             failed_rows: Vec::new(),
+            ahead: ReadAhead::default(),
+            arrived: Instant::now(),
             last_persist: Instant::now(),
             last_activity: Instant::now(),
             stats,
@@ -240,6 +249,13 @@ impl<'a> TxnSession<'a> {
                 if *shutdown.borrow() {
                     return Ok(());
                 }
+                // What was read during a commit comes first, in order.
+                if let Some(ev) = self.ahead.next() {
+                    let (at, ev) = ev?;
+                    self.arrived = at;
+                    self.on_event(ev, &mut stream, book, &mut reports).await?;
+                    continue;
+                }
                 // Commit at the interval, but only at a PostgreSQL boundary.
                 let due = match (&self.open, &self.cur) {
                     (Some(o), None) => Some(o.began + self.cfg.kafka.transaction_interval),
@@ -250,7 +266,7 @@ impl<'a> TxnSession<'a> {
                     _ = shutdown.changed() => {}
                     Some(d) = reports.recv() => self.on_report(d)?,
                     _ = tokio::time::sleep_until(due.unwrap_or(far)), if due.is_some() => {
-                        self.commit_at_boundary(&stream, book, &mut reports).await?;
+                        self.commit_at_boundary(&mut stream, book, &mut reports).await?;
                     }
                     _ = tick.tick() => {
                         if let Some(e) = self.sink.fenced().or_else(|| self.sink.publisher.fatal_error()) {
@@ -259,12 +275,11 @@ impl<'a> TxnSession<'a> {
                         self.checkpoint(&stream, book, false).await?;
                         self.publish_gauges();
                     }
-                    ev = stream.recv() => match ev? {
-                        Some(ev) => self.on_event(ev, &stream, book, &mut reports).await?,
-                        None => return Err(RelayError::Replication(
-                            pgwire_replication::PgWireError::Task("replication stream ended".into()),
-                        )),
-                    },
+                    ev = stream.recv() => {
+                        let ev = super::ended(ev?)?;
+                        self.arrived = Instant::now();
+                        self.on_event(ev, &mut stream, book, &mut reports).await?;
+                    }
                 }
             }
         }
@@ -275,8 +290,11 @@ impl<'a> TxnSession<'a> {
                 // PostgreSQL transaction), then persist and confirm.
                 if self.open.is_some() {
                     match &self.cur {
-                        Some(_) => self.commit_split(&stream, book, &mut reports).await?,
-                        None => self.commit_at_boundary(&stream, book, &mut reports).await?,
+                        Some(_) => self.commit_split(&mut stream, book, &mut reports).await?,
+                        None => {
+                            self.commit_at_boundary(&mut stream, book, &mut reports)
+                                .await?
+                        }
                     }
                 }
                 self.checkpoint(&stream, book, true).await?;
@@ -349,7 +367,7 @@ impl<'a> TxnSession<'a> {
     async fn on_event<S: EventStream>(
         &mut self,
         ev: SourceEvent,
-        stream: &S,
+        stream: &mut S,
         book: &PgBookkeeping,
         reports: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
@@ -447,6 +465,21 @@ impl<'a> TxnSession<'a> {
             SourceEvent::Other => {}
         }
         Ok(())
+    }
+
+    /// When a transaction opened now counts as begun: when the event that
+    /// opens it arrived — one read during the previous commit has waited
+    /// since then, and should not wait a whole interval more — but no
+    /// earlier than half an interval ago: were commits slow, every later
+    /// transaction would otherwise be due at once, carry a single
+    /// PostgreSQL transaction, and the commits' cost would no longer be
+    /// spread over a batch (throughput collapsed that way in a trial run).
+    pub(super) fn began(&self) -> Instant {
+        let now = Instant::now();
+        let floor = now
+            .checked_sub(self.cfg.kafka.transaction_interval / 2)
+            .unwrap_or(now);
+        self.arrived.max(floor)
     }
 
     /// The open Kafka transaction holds enough.

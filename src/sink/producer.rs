@@ -236,7 +236,9 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// The relay's producer.
 pub struct Publisher {
-    producer: ThreadedProducer<ReportingContext>,
+    /// Shared so that exactly-once mode can run `commit_transaction` (a
+    /// blocking call) on a blocking thread while the session keeps reading.
+    producer: std::sync::Arc<ThreadedProducer<ReportingContext>>,
     /// The producer for rows sent alone ([`MsgTag::isolated`]), created on
     /// first use: see [`ClientRole::Isolated`]. Its reports share the channel.
     isolated: std::sync::OnceLock<ThreadedProducer<ReportingContext>>,
@@ -280,7 +282,7 @@ impl Publisher {
         };
         Ok((
             Self {
-                producer,
+                producer: std::sync::Arc::new(producer),
                 isolated: std::sync::OnceLock::new(),
                 isolated_config: cfg.kafka.to_rdkafka(ClientRole::Isolated),
                 reports: tx,
@@ -512,6 +514,11 @@ impl Publisher {
     /// [`crate::sink::transactional`].
     pub fn producer(&self) -> &ThreadedProducer<ReportingContext> {
         &self.producer
+    }
+
+    /// The main producer, shared: for a call that runs on another thread.
+    pub fn shared_producer(&self) -> std::sync::Arc<ThreadedProducer<ReportingContext>> {
+        self.producer.clone()
     }
 
     /// Messages enqueued or in flight inside librdkafka.

@@ -223,7 +223,13 @@ pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<P
     }
 }
 
-/// Create the progress topic if it is missing: one partition, compacted,
+/// `segment.ms` of a progress topic the relay creates (1 hour).
+pub const PROGRESS_SEGMENT_MS: &str = "3600000";
+/// `segment.bytes` of a progress topic the relay creates (16 MiB).
+pub const PROGRESS_SEGMENT_BYTES: &str = "16777216";
+
+/// Create the progress topic if it is missing: one partition, compacted
+/// with short segments ([`PROGRESS_SEGMENT_MS`], [`PROGRESS_SEGMENT_BYTES`]),
 /// replicated like the relay's own topics (factor min(3, brokers) unless
 /// `kafka.topic-replication-factor` says otherwise, `min.insync.replicas`
 /// min(2, factor)).
@@ -245,8 +251,15 @@ pub async fn ensure(cfg: &Config) -> Result<()> {
         rf = (md.brokers().len() as i32).clamp(1, 3);
     }
     let isr = rf.min(2).to_string();
+    // A relay reads this topic from its start on every session start, and
+    // compaction never touches the active segment: with Kafka's default
+    // segments (1 GiB, 7 days) that scan would grow by ~10 records a second
+    // per relay for days. Hourly (or 16 MiB) segments keep it to about an
+    // hour of records once compacted.
     let nt = NewTopic::new(topic, 1, TopicReplication::Fixed(rf))
         .set("cleanup.policy", "compact")
+        .set("segment.ms", PROGRESS_SEGMENT_MS)
+        .set("segment.bytes", PROGRESS_SEGMENT_BYTES)
         .set("min.insync.replicas", &isr);
     let res = admin
         .create_topics(

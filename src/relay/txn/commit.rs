@@ -4,7 +4,8 @@
 //!
 //! 1. enqueue the progress record, the transaction's last message;
 //! 2. `commit_transaction` — from here the messages and the position are
-//!    visible to `read_committed` consumers, together;
+//!    visible to `read_committed` consumers, together (the stream is read
+//!    ahead meanwhile, [`super::ahead`]);
 //! 3. mark the transaction's dead-lettered rows FAILED (idempotent; until
 //!    it succeeded they ride in every progress record, so a crash before it
 //!    leaves them to the next session, and the janitor never sees them
@@ -31,7 +32,7 @@ impl TxnSession<'_> {
     /// Commit the open transaction at the last PostgreSQL commit inside it.
     pub(super) async fn commit_at_boundary<S: EventStream>(
         &mut self,
-        stream: &S,
+        stream: &mut S,
         book: &PgBookkeeping,
         reports: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
@@ -46,7 +47,7 @@ impl TxnSession<'_> {
     /// transaction, after its current insert.
     pub(super) async fn commit_split<S: EventStream>(
         &mut self,
-        stream: &S,
+        stream: &mut S,
         book: &PgBookkeeping,
         reports: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
@@ -60,7 +61,7 @@ impl TxnSession<'_> {
     /// transaction, before its current insert (which goes alone next).
     pub(super) async fn commit_split_before_current<S: EventStream>(
         &mut self,
-        stream: &S,
+        stream: &mut S,
         book: &PgBookkeeping,
         reports: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
@@ -74,7 +75,7 @@ impl TxnSession<'_> {
         &mut self,
         mut rec: ProgressRecord,
         split: bool,
-        stream: &S,
+        stream: &mut S,
         book: &PgBookkeeping,
         reports: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
@@ -85,7 +86,7 @@ impl TxnSession<'_> {
         rec.failed.extend_from_slice(&open.failed);
         self.sink.send_progress(&rec, MsgTag::first(0, 0, 0))?;
         fault::hit(point::BEFORE_KAFKA_COMMIT);
-        if let Err(e) = self.sink.commit() {
+        if let Err(e) = self.commit_reading_ahead(stream).await {
             // Refusals behind the failure are in the reports: note them
             // (their Err only restates `e`), then the caller aborts.
             while let Ok(d) = reports.try_recv() {
@@ -115,6 +116,20 @@ impl TxnSession<'_> {
         self.failed_rows.extend(o.failed);
         tracing::debug!(messages = o.msgs, progress = ?rec, "Kafka transaction committed");
         self.checkpoint(stream, book, false).await
+    }
+
+    /// `commit_transaction`, reading the stream ahead meanwhile
+    /// ([`super::ahead`]). Nothing is sent until it returned.
+    async fn commit_reading_ahead<S: EventStream>(&mut self, stream: &mut S) -> Result<()> {
+        let commit = self.sink.commit();
+        tokio::pin!(commit);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut commit => return r,
+                ev = stream.recv(), if self.ahead.has_room() => self.ahead.push(ev),
+            }
+        }
     }
 
     /// Mark FAILED, write the table (when due or `force`), confirm.

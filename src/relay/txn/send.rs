@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::{OpenTxn, TxnSession};
 use crate::dead_letter::{self, Reason};
@@ -26,7 +25,7 @@ impl TxnSession<'_> {
         rec: &OutboxRecord,
         meta: &TxnMeta,
         topic: &str,
-        stream: &S,
+        stream: &mut S,
         book: &PgBookkeeping,
         reports: &mut mpsc::UnboundedReceiver<Delivery>,
     ) -> Result<()> {
@@ -189,7 +188,7 @@ impl TxnSession<'_> {
         if self.open.is_none() {
             self.sink.begin()?;
             self.open = Some(OpenTxn {
-                began: Instant::now(),
+                began: self.began(),
                 msgs: 0,
                 bytes: 0,
                 per_topic: HashMap::new(),
