@@ -412,12 +412,7 @@ impl Env {
     /// Start the relay in exactly-once mode on its own slot and topics.
     fn start_relay_exactly_once(&self) -> Result<Relay> {
         let port = self.write_exactly_once_config()?;
-        self.relays_started.set(self.relays_started.get() + 1);
-        let log = self
-            .dir
-            .path()
-            .join(format!("relay-eo-{}.log", self.relays_started.get()));
-        Relay::spawn(&self.exactly_once_config_path(), log, port)
+        self.spawn_relay(&self.exactly_once_config_path(), "relay-eo", port)
     }
 
     /// Write the config for `brokers` and start a relay process.
@@ -430,12 +425,18 @@ impl Env {
             port,
             &[&self.opts.relay_toml],
         )?;
+        self.spawn_relay(&self.config_path(), "relay", port)
+    }
+
+    /// Start a relay on `config`, logging to `<name>-<n>.log` (n counts
+    /// every relay this run started).
+    fn spawn_relay(&self, config: &Path, name: &str, port: u16) -> Result<Relay> {
         self.relays_started.set(self.relays_started.get() + 1);
         let log = self
             .dir
             .path()
-            .join(format!("relay-{}.log", self.relays_started.get()));
-        Relay::spawn(&self.config_path(), log, port)
+            .join(format!("{name}-{}.log", self.relays_started.get()));
+        Relay::spawn(config, log, port)
     }
 }
 

@@ -38,79 +38,79 @@ pub struct Compare {
 const CONTENDERS: [Kind; 2] = [Kind::Relay, Kind::Debezium];
 
 pub async fn catchup(env: &Env, rep: &mut Report, cmp: &mut Compare) -> Result<()> {
-    let mut errors = Vec::new();
+    let runs = catchup_runs(env, rep, "comparison", |i| async move {
+        let b = preload(env, &format!("cmp{i}"), true).await?;
+        let mut run = drain_in_turn(env, &b, &CONTENDERS, i).await?;
+        let (_, bare) = bare_burst(env, &format!("bare.cmp{i}"), b.n).await?;
+        run.insert("bare".into(), bare);
+        Ok(run)
+    })
+    .await?;
+    for run in runs {
+        for (k, v) in run {
+            cmp.catchup.entry(k).or_default().push(v);
+        }
+    }
+    Ok(())
+}
+
+/// A catch-up run's JSON by contender key.
+pub type Run = BTreeMap<String, Value>;
+
+/// `--repeat` catch-up runs of `one` (given the run's index): a failed run
+/// is reported and left out whole (so the runs stay paired); an error only
+/// when every run failed.
+pub async fn catchup_runs<F, Fut>(
+    env: &Env,
+    rep: &mut Report,
+    what: &str,
+    one: F,
+) -> Result<Vec<Run>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Run>>,
+{
+    let (mut runs, mut errors) = (Vec::new(), Vec::new());
     for i in 0..env.opts.repeat {
-        eprintln!(
-            "[e2e] comparison catch-up run {} of {}",
-            i + 1,
-            env.opts.repeat
-        );
-        if let Err(e) = catchup_once(env, cmp, i).await {
-            eprintln!("[e2e] comparison catch-up run {} failed: {e:#}", i + 1);
-            errors.push(format!("run {}: {e:#}", i + 1));
+        eprintln!("[e2e] {what} catch-up run {} of {}", i + 1, env.opts.repeat);
+        match one(i).await {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                eprintln!("[e2e] {what} catch-up run {} failed: {e:#}", i + 1);
+                errors.push(format!("run {}: {e:#}", i + 1));
+            }
         }
     }
     if !errors.is_empty() {
         rep.row("catch-up", "failed runs (left out)", errors.join("; "));
     }
-    if errors.len() == env.opts.repeat {
+    if runs.is_empty() {
         anyhow::bail!("every catch-up run failed");
     }
-    Ok(())
+    Ok(runs)
 }
 
-async fn catchup_once(env: &Env, cmp: &mut Compare, i: usize) -> Result<()> {
-    let b = preload(env, &format!("cmp{i}"), true).await?;
-    let (_, last_end, recv) = recvlogical(env, &b).await?;
-    cmp.catchup
-        .entry("pg_recvlogical".into())
-        .or_default()
-        .push(recv);
-    // Alternate who goes first, so neither always meets a cold cache.
-    let order = if i.is_multiple_of(2) {
-        CONTENDERS
-    } else {
-        [Kind::Debezium, Kind::Relay]
-    };
+/// `pg_recvlogical`, then each of `kinds` (in turn; the order alternates
+/// with `i`, so none always meets a cold cache) draining backlog `b`.
+pub async fn drain_in_turn(env: &Env, b: &crate::Backlog, kinds: &[Kind], i: usize) -> Result<Run> {
+    let (_, last_end, recv) = recvlogical(env, b).await?;
+    let mut run = Run::new();
+    run.insert("pg_recvlogical".into(), recv);
+    let mut order = kinds.to_vec();
+    if !i.is_multiple_of(2) {
+        order.reverse();
+    }
     for kind in order {
         let d = measure::drain(env, kind, &b.agg, b.n, last_end).await?;
-        cmp.catchup
-            .entry(kind.key().into())
-            .or_default()
-            .push(d.json);
+        run.insert(kind.key().into(), d.json);
     }
-    let (_, bare) = bare_burst(env, &format!("bare.cmp{i}"), b.n).await?;
-    cmp.catchup.entry("bare".into()).or_default().push(bare);
-    Ok(())
+    Ok(run)
 }
 
 pub async fn steady(env: &Env, rep: &mut Report, cmp: &mut Compare) -> Result<()> {
     let o = env.opts.clone();
     for &rate in &o.rates {
-        let conns = if rate > 5000.0 {
-            o.max_rate_conns
-        } else {
-            o.load_conns
-        };
-        for kind in CONTENDERS {
-            let agg = format!("s{}{}", rate as u64, kind.key());
-            match measure::steady(env, kind, &agg, rate, o.seconds, conns).await {
-                Ok(s) => {
-                    cmp.steady
-                        .entry(rate as u64)
-                        .or_default()
-                        .insert(kind.key().into(), s.json);
-                }
-                Err(e) => {
-                    eprintln!("[e2e] {} at {rate}/s failed: {e:#}", kind.name());
-                    rep.row(
-                        "steady",
-                        &format!("{} at {rate}/s failed", kind.name()),
-                        format!("{e:#}").lines().next().unwrap_or("").to_string(),
-                    );
-                }
-            }
-        }
+        steady_at(env, rep, rate, &CONTENDERS, &mut cmp.steady).await;
         let f = crate::floor(env, &format!("bare.s{}", rate as u64), rate, o.seconds).await?;
         cmp.steady
             .entry(rate as u64)
@@ -118,6 +118,42 @@ pub async fn steady(env: &Env, rep: &mut Report, cmp: &mut Compare) -> Result<()
             .insert("bare".into(), f.json);
     }
     Ok(())
+}
+
+/// Each of `kinds` in turn at `rate`/s for `--seconds` (12 load connections
+/// above 5,000/s): its steady JSON into `out[rate][kind]`, a failure into a
+/// row of the report.
+pub async fn steady_at(
+    env: &Env,
+    rep: &mut Report,
+    rate: f64,
+    kinds: &[Kind],
+    out: &mut BTreeMap<u64, BTreeMap<String, Value>>,
+) {
+    let o = &env.opts;
+    let conns = if rate > 5000.0 {
+        o.max_rate_conns
+    } else {
+        o.load_conns
+    };
+    for &kind in kinds {
+        let agg = format!("s{}{}", rate as u64, kind.key());
+        match measure::steady(env, kind, &agg, rate, o.seconds, conns).await {
+            Ok(s) => {
+                out.entry(rate as u64)
+                    .or_default()
+                    .insert(kind.key().into(), s.json);
+            }
+            Err(e) => {
+                eprintln!("[e2e] {} at {rate}/s failed: {e:#}", kind.name());
+                rep.row(
+                    "steady",
+                    &format!("{} at {rate}/s failed", kind.name()),
+                    format!("{e:#}").lines().next().unwrap_or("").to_string(),
+                );
+            }
+        }
+    }
 }
 
 pub async fn max_rate(env: &Env, rep: &mut Report, cmp: &mut Compare) -> Result<()> {
@@ -148,7 +184,8 @@ pub async fn max_rate(env: &Env, rep: &mut Report, cmp: &mut Compare) -> Result<
     Ok(())
 }
 
-fn col(runs: &[Value], path: &[&str]) -> Vec<f64> {
+/// The numbers at `path` in each run.
+pub fn col(runs: &[Value], path: &[&str]) -> Vec<f64> {
     runs.iter()
         .filter_map(|r| {
             let mut v = r;

@@ -23,9 +23,10 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{json, Value};
 
+use crate::compare;
 use crate::load;
 use crate::measure::{self, Kind};
-use crate::{preload, recvlogical, spread, spread_cell, spread_json, thousands};
+use crate::{preload, spread, spread_cell, spread_json, thousands};
 use crate::{Env, Report};
 
 /// Results gathered across the parts.
@@ -40,77 +41,28 @@ pub struct Modes {
 const MODES: [Kind; 2] = [Kind::Relay, Kind::RelayExactlyOnce];
 
 pub async fn catchup(env: &Env, rep: &mut Report, m: &mut Modes) -> Result<()> {
-    let mut errors = Vec::new();
-    for i in 0..env.opts.repeat {
-        eprintln!("[e2e] modes catch-up run {} of {}", i + 1, env.opts.repeat);
-        if let Err(e) = catchup_once(env, m, i).await {
-            eprintln!("[e2e] modes catch-up run {} failed: {e:#}", i + 1);
-            errors.push(format!("run {}: {e:#}", i + 1));
+    let runs = compare::catchup_runs(env, rep, "modes", |i| async move {
+        let b = preload(env, &format!("modes{i}"), false).await?;
+        compare::drain_in_turn(env, &b, &MODES, i).await
+    })
+    .await?;
+    for run in runs {
+        for (k, v) in run {
+            m.catchup.entry(k).or_default().push(v);
         }
-    }
-    if !errors.is_empty() {
-        rep.row("catch-up", "failed runs (left out)", errors.join("; "));
-    }
-    if errors.len() == env.opts.repeat {
-        anyhow::bail!("every catch-up run failed");
-    }
-    Ok(())
-}
-
-async fn catchup_once(env: &Env, m: &mut Modes, i: usize) -> Result<()> {
-    let b = preload(env, &format!("modes{i}"), false).await?;
-    let (_, last_end, recv) = recvlogical(env, &b).await?;
-    let mut run = BTreeMap::new();
-    run.insert("pg_recvlogical".to_string(), recv);
-    let order = if i.is_multiple_of(2) {
-        MODES
-    } else {
-        [Kind::RelayExactlyOnce, Kind::Relay]
-    };
-    for kind in order {
-        let d = measure::drain(env, kind, &b.agg, b.n, last_end).await?;
-        run.insert(kind.key().to_string(), d.json);
-    }
-    // Only whole runs count, so that the ratios pair runs.
-    for (k, v) in run {
-        m.catchup.entry(k).or_default().push(v);
     }
     Ok(())
 }
 
 pub async fn steady(env: &Env, rep: &mut Report, m: &mut Modes) -> Result<()> {
-    let o = env.opts.clone();
-    for &rate in &o.rates {
-        let conns = if rate > 5000.0 {
-            o.max_rate_conns
-        } else {
-            o.load_conns
-        };
-        for kind in MODES {
-            let agg = format!("s{}{}", rate as u64, kind.key());
-            match measure::steady(env, kind, &agg, rate, o.seconds, conns).await {
-                Ok(s) => {
-                    m.steady
-                        .entry(rate as u64)
-                        .or_default()
-                        .insert(kind.key().into(), s.json);
-                }
-                Err(e) => {
-                    eprintln!("[e2e] {} at {rate}/s failed: {e:#}", kind.name());
-                    rep.row(
-                        "steady",
-                        &format!("{} at {rate}/s failed", kind.name()),
-                        format!("{e:#}").lines().next().unwrap_or("").to_string(),
-                    );
-                }
-            }
-        }
+    for &rate in &env.opts.rates.clone() {
+        compare::steady_at(env, rep, rate, &MODES, &mut m.steady).await;
     }
     Ok(())
 }
 
 fn col(runs: &[Value], key: &str) -> Vec<f64> {
-    runs.iter().filter_map(|r| r[key].as_f64()).collect()
+    compare::col(runs, &[key])
 }
 
 /// `kafka.transaction-interval` the exactly-once relay ran with.

@@ -14,7 +14,9 @@
 //!    that are already committed.
 //!
 //! Each Kafka transaction holds whole PostgreSQL transactions, the DLQ
-//! copies they produced and, last, the progress record. It commits every
+//! copies they produced and, last, the progress record (a first one, with
+//! the position of the transaction before, only registers the progress
+//! partition early: [`send`]). It commits every
 //! `kafka.transaction-interval` (at a PostgreSQL commit boundary) or when it
 //! holds `kafka.transaction-max-messages` messages (or
 //! `kafka.max-in-flight-bytes` bytes) — then, inside a PostgreSQL
@@ -59,7 +61,7 @@ use crate::leader::Leadership;
 use crate::metrics as m;
 use crate::ports::{EventStream, PgBookkeeping, SourceEvent};
 use crate::sink::message::{format_lsn, TxnMeta};
-use crate::sink::progress_topic::{self, Resume};
+use crate::sink::progress_topic::{self, ProgressRecord, Resume};
 use crate::sink::transactional::TxnSink;
 use crate::sink::Delivery;
 use crate::source;
@@ -199,6 +201,9 @@ pub(super) struct TxnSession<'a> {
     failed_rows: Vec<(i64, i32)>,
     /// Events read while a commit was in flight, handled before new ones.
     ahead: ReadAhead,
+    /// The progress record of the last committed transaction (the resume
+    /// position before the first).
+    committed: ProgressRecord,
     /// When the event being handled arrived.
     arrived: Instant,
     last_persist: Instant,
@@ -227,6 +232,7 @@ impl<'a> TxnSession<'a> {
             open: None,
             failed_rows: Vec::new(),
             ahead: ReadAhead::default(),
+            committed: ProgressRecord::of_resume(resume),
             arrived: Instant::now(),
             last_persist: Instant::now(),
             last_activity: Instant::now(),

@@ -96,6 +96,14 @@ impl ProgressRecord {
         }
     }
 
+    /// The record that stands for `r` (the inverse of [`Self::resume`]).
+    pub fn of_resume(r: Resume) -> Self {
+        match r.skip {
+            0 => Self::new(r.lsn, 0, Some(r.lsn), r.epoch),
+            skip => Self::new(r.lsn, skip, None, r.epoch),
+        }
+    }
+
     /// The resume position it stands for.
     pub fn resume(&self) -> Result<Resume> {
         let bad = |what: &str| {
@@ -285,6 +293,24 @@ pub async fn ensure(cfg: &Config) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_position_round_trips_through_its_record() {
+        for r in [
+            Resume {
+                lsn: 0x1_6B37_4D48,
+                skip: 0,
+                epoch: 3,
+            },
+            Resume {
+                lsn: 0x1_6B37_4D48,
+                skip: 250,
+                epoch: 4,
+            },
+        ] {
+            assert_eq!(ProgressRecord::of_resume(r).resume().unwrap(), r);
+        }
+    }
 
     #[test]
     fn a_whole_transaction_resumes_at_its_end_a_split_one_at_its_commit() {

@@ -114,6 +114,7 @@ impl TxnSession<'_> {
         self.health.set_broker_ok(true);
         self.pos.kafka_committed();
         self.failed_rows.extend(o.failed);
+        self.committed = rec.clone();
         tracing::debug!(messages = o.msgs, progress = ?rec, "Kafka transaction committed");
         self.checkpoint(stream, book, false).await
     }

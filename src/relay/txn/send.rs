@@ -187,6 +187,16 @@ impl TxnSession<'_> {
     fn ensure_open(&mut self) -> Result<()> {
         if self.open.is_none() {
             self.sink.begin()?;
+            // A first progress record, holding the last committed position:
+            // librdkafka registers the progress partition with the
+            // transaction now, together with the first data partition,
+            // instead of one more AddPartitionsToTxn round trip inside the
+            // commit. The commit's own record always follows it, so it is
+            // never the last one of a committed transaction.
+            let mut placeholder = self.committed.clone();
+            placeholder.failed = self.failed_rows.clone();
+            self.sink
+                .send_progress(&placeholder, MsgTag::first(0, 0, 0))?;
             self.open = Some(OpenTxn {
                 began: self.began(),
                 msgs: 0,
