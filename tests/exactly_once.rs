@@ -86,6 +86,18 @@ impl Eo {
 
     /// Read `topic` as `read_committed` until every id of `ids` arrived,
     /// then `quiet` longer (duplicates would come right behind).
+    /// Until the relay streams: 50 messages of `TOPIC` visible to a
+    /// `read_committed` consumer (60 s at most).
+    pub(crate) async fn wait_streaming(&self) {
+        kafka::read_committed_until_async(
+            &self.env.bootstrap(),
+            &self.env.topic(TOPIC),
+            Duration::from_secs(60),
+            |got, _| got.len() >= 50,
+        )
+        .await;
+    }
+
     pub(crate) async fn read_committed(
         &self,
         topic: &str,
@@ -332,13 +344,7 @@ async fn a_fenced_relay_exits_with_code_3_and_nothing_is_duplicated() {
         },
     );
     let mut a = eo.spawn(&[]);
-    kafka::read_committed_until_async(
-        &eo.env.bootstrap(),
-        &eo.env.topic(TOPIC),
-        Duration::from_secs(60),
-        |got, _| got.len() >= 50,
-    )
-    .await;
+    eo.wait_streaming().await;
     let (bootstrap, id) = (eo.env.bootstrap(), format!("{}relay", eo.env.prefix));
     tokio::task::spawn_blocking(move || {
         let p: BaseProducer = kafka::client_config(&bootstrap)
@@ -391,13 +397,7 @@ async fn a_zombie_cut_off_from_postgres_is_fenced_and_nothing_is_duplicated() {
         },
     );
     let mut a = eo.spawn(&[("OUTBOX_RELAY_POSTGRES_URL", &via_proxy)]);
-    kafka::read_committed_until_async(
-        &eo.env.bootstrap(),
-        &eo.env.topic(TOPIC),
-        Duration::from_secs(60),
-        |got, _| got.len() >= 50,
-    )
-    .await;
+    eo.wait_streaming().await;
     proxy.pause();
     let t = Instant::now();
     let b = eo.spawn(&[("OUTBOX_RELAY_METRICS_LISTEN", "127.0.0.1:0")]);

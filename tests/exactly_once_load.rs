@@ -201,13 +201,7 @@ async fn rolling_broker_restart_keeps_exactly_once() {
         },
     );
     let relay = eo.spawn(&[]);
-    kafka::read_committed_until_async(
-        &eo.env.bootstrap(),
-        &eo.env.topic(TOPIC),
-        Duration::from_secs(60),
-        |got, _| got.len() >= 50,
-    )
-    .await;
+    eo.wait_streaming().await;
     let t = Instant::now();
     broker.rolling_restart().await;
     let restart = t.elapsed();
