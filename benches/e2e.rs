@@ -145,12 +145,6 @@ pub struct Opts {
     args: Vec<String>,
 }
 
-/// Whether `flag` was given (as `--flag V` or `--flag=V`).
-fn args_have(args: &[String], flag: &str) -> bool {
-    args.iter()
-        .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-}
-
 fn list(v: String) -> Vec<String> {
     v.split(',')
         .map(|s| s.trim().to_string())
@@ -179,7 +173,8 @@ impl Opts {
             only: Vec::new(),
             relay_toml: String::new(),
             against: Vec::new(),
-            rates: vec![2000.0, 10000.0],
+            // Filled in below when `--rates` is not given.
+            rates: Vec::new(),
             max_rates: if quick {
                 vec![2000.0, 5000.0]
             } else {
@@ -263,8 +258,12 @@ impl Opts {
         if o.against.len() > 1 {
             bail!("--against: one of `debezium` or `exactly-once` per run");
         }
-        if o.against_exactly_once() && !args_have(&o.args, "--rates") {
-            o.rates = vec![2000.0];
+        if o.rates.is_empty() {
+            o.rates = if o.against_exactly_once() {
+                vec![2000.0]
+            } else {
+                vec![2000.0, 10000.0]
+            };
         }
         if o.only.is_empty() {
             o.only = if o.against.is_empty() {
