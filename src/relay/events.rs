@@ -7,7 +7,6 @@ use tokio::time::Instant;
 
 use super::router::Route;
 use super::{unix_millis, Current, Session};
-use crate::decode::{self, Message};
 use crate::error::Result;
 use crate::ports::{Bookkeeping, MessageSink, SourceEvent};
 use crate::sink::message::TxnMeta;
@@ -97,46 +96,39 @@ impl Session<'_> {
             }
             SourceEvent::Data { data, wal_end } => {
                 self.progress.observe(wal_end);
-                match decode::parse(&data)? {
-                    Message::Relation(rel) => self.router.relation(rel)?,
-                    Message::Insert { relation_id, tuple } => {
-                        let Some(cur) = self.current.as_mut() else {
-                            return Err(super::insert_outside_transaction());
-                        };
-                        if cur.skip {
-                            return Ok(());
-                        }
-                        let (seq, meta) = (cur.seq, cur.meta.clone());
-                        let route = self.router.route(relation_id, &tuple, &meta)?;
-                        if !matches!(route, Route::Ignore) {
-                            cur.rows += 1;
-                        }
-                        match route {
-                            Route::Ignore => {}
-                            Route::Publish { rec, topic } => {
-                                self.publish(&rec, &meta, &topic, seq, sink, book).await?;
-                            }
-                            Route::Reject {
-                                row_id,
-                                dl,
-                                message,
-                            } => {
-                                let tag = MsgTag::first(
-                                    seq,
-                                    row_id.unwrap_or(0),
-                                    meta.commit_unix_millis,
-                                );
-                                if self.policy.dead_letters() {
-                                    self.progress.sent(seq);
-                                }
-                                let effects =
-                                    self.policy
-                                        .reject(row_id, *dl, message, tag, Instant::now());
-                                self.apply(effects, sink, book).await?;
-                            }
-                        }
+                let Some((relation_id, tuple)) = self.router.insert_of(&data)? else {
+                    return Ok(());
+                };
+                let Some(cur) = self.current.as_mut() else {
+                    return Err(super::insert_outside_transaction());
+                };
+                if cur.skip {
+                    return Ok(());
+                }
+                let (seq, meta) = (cur.seq, cur.meta.clone());
+                let route = self.router.route(relation_id, &tuple, &meta)?;
+                if !matches!(route, Route::Ignore) {
+                    cur.rows += 1;
+                }
+                match route {
+                    Route::Ignore => {}
+                    Route::Publish { rec, topic } => {
+                        self.publish(&rec, &meta, &topic, seq, sink, book).await?;
                     }
-                    Message::Type { .. } | Message::Origin { .. } | Message::Other(_) => {}
+                    Route::Reject {
+                        row_id,
+                        dl,
+                        message,
+                    } => {
+                        let tag = MsgTag::first(seq, row_id.unwrap_or(0), meta.commit_unix_millis);
+                        if self.policy.dead_letters() {
+                            self.progress.sent(seq);
+                        }
+                        let effects = self
+                            .policy
+                            .reject(row_id, *dl, message, tag, Instant::now());
+                        self.apply(effects, sink, book).await?;
+                    }
                 }
             }
             SourceEvent::KeepAlive { wal_end } => {

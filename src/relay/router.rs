@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use crate::config::Config;
 use crate::dead_letter::{self, DeadLetter, Reason};
 use crate::decode::{
-    OutboxMapping, OutboxRecord, Relation, RelationCache, ResolvedRelation, Tuple,
+    self, Message, OutboxMapping, OutboxRecord, Relation, RelationCache, ResolvedRelation, Tuple,
 };
 use crate::error::{ConfigError, RelayError, Result};
 use crate::sink::message::TxnMeta;
@@ -111,6 +111,20 @@ impl Router {
             resolved: HashMap::new(),
             max_payload_bytes: cfg.relay.max_payload_bytes,
         })
+    }
+
+    /// One pgoutput row message (both delivery modes): a Relation is taken
+    /// in here, an Insert comes back for routing, and the rest (types,
+    /// origins, what the relay does not act on) is nothing to do.
+    pub(crate) fn insert_of(&mut self, data: &bytes::Bytes) -> Result<Option<(u32, Tuple)>> {
+        match decode::parse(data)? {
+            Message::Relation(rel) => {
+                self.relation(rel)?;
+                Ok(None)
+            }
+            Message::Insert { relation_id, tuple } => Ok(Some((relation_id, tuple))),
+            Message::Type { .. } | Message::Origin { .. } | Message::Other(_) => Ok(None),
+        }
     }
 
     /// A Relation message: remember it and resolve it against the mapping

@@ -54,7 +54,6 @@ use super::router::{Route, Router};
 use super::{bounded, SessionEnd, SessionStats};
 use crate::checkpoint::{CheckpointStore, PgCheckpointStore};
 use crate::config::Config;
-use crate::decode::{self, Message};
 use crate::error::{ErrorClass, RelayError, Result};
 use crate::health::SharedHealth;
 use crate::leader::Leadership;
@@ -422,41 +421,38 @@ impl<'a> TxnSession<'a> {
             }
             SourceEvent::Data { data, wal_end } => {
                 self.pos.observe(wal_end);
-                match decode::parse(&data)? {
-                    Message::Relation(rel) => self.router.relation(rel)?,
-                    Message::Insert { relation_id, tuple } => {
-                        let Some(cur) = self.cur.as_mut() else {
-                            return Err(super::insert_outside_transaction());
-                        };
-                        if cur.skip_whole {
-                            return Ok(());
-                        }
-                        let idx = cur.inserts;
-                        cur.inserts += 1;
-                        if idx < cur.skip_until {
-                            return Ok(());
-                        }
-                        let meta = cur.meta.clone();
-                        match self.router.route(relation_id, &tuple, &meta)? {
-                            Route::Ignore => {}
-                            Route::Publish { rec, topic } => {
-                                self.publish(&rec, &meta, &topic, stream, book, reports)
-                                    .await?;
-                            }
-                            Route::Reject {
-                                row_id,
-                                dl,
-                                message,
-                            } => {
-                                tracing::warn!(row_id = ?row_id, "{message}");
-                                self.send_dead_letter(*dl, 1).await?;
-                            }
-                        }
-                        if self.open.is_some() && self.full() {
-                            self.commit_split(stream, book, reports).await?;
-                        }
+                let Some((relation_id, tuple)) = self.router.insert_of(&data)? else {
+                    return Ok(());
+                };
+                let Some(cur) = self.cur.as_mut() else {
+                    return Err(super::insert_outside_transaction());
+                };
+                if cur.skip_whole {
+                    return Ok(());
+                }
+                let idx = cur.inserts;
+                cur.inserts += 1;
+                if idx < cur.skip_until {
+                    return Ok(());
+                }
+                let meta = cur.meta.clone();
+                match self.router.route(relation_id, &tuple, &meta)? {
+                    Route::Ignore => {}
+                    Route::Publish { rec, topic } => {
+                        self.publish(&rec, &meta, &topic, stream, book, reports)
+                            .await?;
                     }
-                    Message::Type { .. } | Message::Origin { .. } | Message::Other(_) => {}
+                    Route::Reject {
+                        row_id,
+                        dl,
+                        message,
+                    } => {
+                        tracing::warn!(row_id = ?row_id, "{message}");
+                        self.send_dead_letter(*dl, 1).await?;
+                    }
+                }
+                if self.open.is_some() && self.full() {
+                    self.commit_split(stream, book, reports).await?;
                 }
             }
             SourceEvent::KeepAlive { wal_end } => {
