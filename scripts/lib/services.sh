@@ -57,6 +57,18 @@ CONF
     PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 }
 
+# A random KRaft cluster id (16 bytes, URL-safe base64). Like Kafka's own Uuid.randomUuid,
+# never one that starts with "-": the storage tool's argument parser would take it for an
+# option and fail the format ("argument --cluster-id/-t: expected one argument"), 1 run in 64.
+services_cluster_id() {
+    python3 -c 'import uuid, base64
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s)
+        break'
+}
+
 services_start_kafka() {
     local dir=$1
     [ -d "$KAFKA_LIBS" ] || { echo "no Kafka at $KAFKA_LIBS: run scripts/setup.sh" >&2; return 1; }
@@ -91,7 +103,7 @@ log.flush.interval.messages=9223372036854775807
 PROPS
     # shellcheck disable=SC2086
     java $KAFKA_JAVA_OPTS -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format \
-        -t "$(python3 -c 'import uuid,base64; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
+        -t "$(services_cluster_id)" \
         -c "$dir/kafka/server.properties" >"$dir/kafka/format.log" 2>&1 \
         || { echo "kafka storage format failed:" >&2; cat "$dir/kafka/format.log" >&2; return 1; }
     # shellcheck disable=SC2086

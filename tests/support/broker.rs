@@ -718,14 +718,25 @@ fn remove_at_exit(dir: &Path) {
     }
 }
 
-/// A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+/// A Kafka cluster id: 16 random bytes, URL-safe base64 without padding. Like Kafka's own
+/// `Uuid.randomUuid`, never one that starts with `-`: the storage tool's argument parser
+/// would take it for an option and refuse the format (1 start in 64).
 fn random_cluster_id() -> String {
-    let bytes: [u8; 16] = rand::random();
+    loop {
+        let id = base64_url(&rand::random::<[u8; 16]>());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+/// URL-safe base64 without padding.
+fn base64_url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     let mut acc = 0u32;
     let mut bits = 0;
-    for b in bytes {
+    for &b in bytes {
         acc = (acc << 8) | u32::from(b);
         bits += 8;
         while bits >= 6 {
