@@ -22,12 +22,65 @@ const START_ATTEMPTS: usize = 4;
 
 /// A running (or stopped, see [`PgCluster::stop`]) PostgreSQL cluster. Dropping it stops the
 /// server (`pg_ctl stop -m immediate`) and removes its directory (kept on panic).
+///
+/// A process that ends without dropping it (killed, or a cluster held in a static) would
+/// leave the server running: a [`Watchdog`] stops it then.
 pub struct PgCluster {
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     port: u16,
     running: bool,
     run_as_postgres: bool,
+    watchdog: Option<Watchdog>,
+}
+
+/// A `sh` beside the test process whose stdin only this process holds: when the process
+/// ends however it ends, the kernel closes that pipe, the shell reads EOF, stops the
+/// postmaster named in `postmaster.pid` at that moment (SIGQUIT, PostgreSQL's immediate
+/// shutdown, which also frees its shared memory; SIGKILL after 5 s) and removes the cluster's
+/// directory unless artifacts are kept. `Drop` of the cluster kills it first and cleans up
+/// itself. (The brokers have the same guard: `broker.rs`.)
+struct Watchdog {
+    shell: std::process::Child,
+    _stdin: std::process::ChildStdin,
+}
+
+impl Watchdog {
+    fn spawn(root: &Path) -> Option<Watchdog> {
+        let script = r#"read _ignored
+pid=$(head -n 1 "$1/data/postmaster.pid" 2>/dev/null)
+if [ -n "$pid" ] && kill -QUIT "$pid" 2>/dev/null; then
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+fi
+[ "$2" = keep ] || rm -rf "$1""#;
+        let keep = if super::keep_artifacts() {
+            "keep"
+        } else {
+            "remove"
+        };
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", script, "pg-watchdog"])
+            .arg(root)
+            .arg(keep)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdin = shell.stdin.take()?;
+        Some(Watchdog {
+            shell,
+            _stdin: stdin,
+        })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let _ = self.shell.kill();
+        let _ = self.shell.wait();
+    }
 }
 
 fn pg_bin(name: &str) -> PathBuf {
@@ -103,7 +156,9 @@ impl PgCluster {
             port: 0,
             running: false,
             run_as_postgres,
+            watchdog: None,
         };
+        pg.watchdog = Watchdog::spawn(&pg.root);
 
         let data = pg.data_dir();
         let initdb = pg_bin("initdb");
@@ -476,6 +531,8 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
+        // Before anything else: the watchdog must not stop or remove what this drop keeps.
+        self.watchdog.take();
         self.stop_blocking();
         if let Some(dir) = self.dir.take() {
             if super::keep_artifacts() {
