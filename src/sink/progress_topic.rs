@@ -135,6 +135,10 @@ impl ProgressRecord {
     }
 }
 
+/// How long [`read_last`] keeps asking for a progress topic the metadata
+/// does not show yet before it says the topic does not exist.
+const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(10);
+
 /// The newest committed progress record keyed `key` (blocking: run it off
 /// the async workers). `None` when there is none yet.
 pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<ProgressRecord>> {
@@ -156,14 +160,25 @@ pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<P
         crate::sink::kafka_config::creation_error(e, "creating the progress reader")
     })?;
     let kafka = |what: &str, e: KafkaError| RelayError::kafka(format!("{what} {topic}"), e);
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| kafka("metadata of the progress topic", e))?;
-    let partitions = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len());
+    // A topic created a moment ago (by `init`, or by `ensure` in this
+    // session) is in the controller's metadata before every broker serves
+    // it: on a busy cluster that takes seconds. Ask again for a while before
+    // calling it missing.
+    let missing_until = Instant::now() + MISSING_TOPIC_GRACE.min(deadline);
+    let partitions = loop {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| kafka("metadata of the progress topic", e))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if n > 0 || Instant::now() >= missing_until {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     match partitions {
         1 => {}
         0 => {
