@@ -476,6 +476,29 @@ fn every_metric_is_documented_in_readme() {
 // ---------------------------------------------------------------------------
 // Against a running relay.
 
+/// Metrics only a relay with `kafka.delivery = "exactly-once"` records.
+const EXACTLY_ONCE_ONLY: &[&str] = &[outbox_relay::metrics::KAFKA_COMMIT_SECONDS];
+
+/// Scrape until every name of `wanted` is exported (30 s at most); the
+/// exposition.
+async fn scrape_until_exported(env: &Env, wanted: &BTreeSet<String>, relay: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(env).await.unwrap_or_default();
+        let exported = exported_metrics(&text);
+        let missing: Vec<_> = wanted.difference(&exported).collect();
+        if missing.is_empty() {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "used by the dashboard or alerts but not exported by a running {relay} relay: \
+             {missing:?}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrape_exports_every_dashboard_and_alert_metric() {
     let env = Env::start(&[TOPIC]).await;
@@ -484,21 +507,11 @@ async fn scrape_exports_every_dashboard_and_alert_metric() {
     let got = env.read_ids(TOPIC, &ids, Duration::from_secs(60)).await;
     assert!(got.len() >= ids.len());
 
-    let wanted = dashboard_and_alert_metrics();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let text = scrape(&env).await.unwrap_or_default();
-        let exported = exported_metrics(&text);
-        let missing: Vec<_> = wanted.difference(&exported).collect();
-        if missing.is_empty() {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "used by the dashboard or alerts but not exported by a running relay: {missing:?}\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let mut wanted = dashboard_and_alert_metrics();
+    for m in EXACTLY_ONCE_ONLY {
+        assert!(wanted.remove(*m), "{m} is not on the dashboard any more");
+    }
+    let text = scrape_until_exported(&env, &wanted, "at-least-once").await;
     // Histograms are real Prometheus histograms with the configured buckets.
     let pl = outbox_relay::metrics::PRODUCE_LATENCY;
     assert!(
@@ -517,6 +530,26 @@ async fn scrape_exports_every_dashboard_and_alert_metric() {
     );
     assert!(
         text.contains(&format!("{ws}{{status=\"lost\"}} 0")),
+        "{text}"
+    );
+}
+
+/// The dashboard's exactly-once panel has data: an exactly-once relay
+/// exports what the at-least-once one does not, as a real histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_of_an_exactly_once_relay_exports_its_dashboard_metrics() {
+    let eo = crate::exactly_once::Eo::start(1000).await;
+    let _relay = eo.spawn(&[]);
+    let ids = write_events(&eo.env, 30).await;
+    let got = eo
+        .read_committed(TOPIC, &ids, Duration::from_secs(60))
+        .await;
+    assert!(got.len() >= ids.len());
+    let wanted: BTreeSet<String> = EXACTLY_ONCE_ONLY.iter().map(|m| m.to_string()).collect();
+    let text = scrape_until_exported(&eo.env, &wanted, "exactly-once").await;
+    let commit = outbox_relay::metrics::KAFKA_COMMIT_SECONDS;
+    assert!(
+        text.contains(&format!("{commit}_bucket{{le=\"60\"}}")),
         "{text}"
     );
 }
