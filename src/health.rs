@@ -45,6 +45,14 @@ impl Health {
         };
         self.role.store(v, Ordering::Relaxed);
         metrics::gauge!(crate::metrics::LEADER).set(if v == 1 { 0.0 } else { 1.0 });
+        if v == 1 {
+            // A standby publishes nothing, so it measures no lag: the values a
+            // former leader last set would go stale — and keep its
+            // OutboxRelayLagHigh firing and the dashboard's max() showing them
+            // beside the new leader's real lag.
+            metrics::gauge!(crate::metrics::LAG_SECONDS).set(0.0);
+            metrics::gauge!(crate::metrics::LAG_BYTES).set(0.0);
+        }
     }
 
     /// Leader (`Some(true)`), standby (`Some(false)`), or no election.

@@ -348,11 +348,8 @@ async fn network_cut_leader_steps_down_and_leaders_never_interleave() {
         &format!(":{}/", proxy.port()),
     );
     assert_ne!(proxied_url, env.url(), "url has host:port/");
-    let mut a = env.spawn_relay_with(&[
-        INSTANCE,
-        OWN_PORT,
-        ("OUTBOX_RELAY_POSTGRES_URL", &proxied_url),
-    ]);
+    // A serves its metrics on the env's port (B on one of its own).
+    let mut a = env.spawn_relay_with(&[INSTANCE, ("OUTBOX_RELAY_POSTGRES_URL", &proxied_url)]);
     let a_pid = a.pid().unwrap();
     assert_eq!(
         wait_leader(&env, None, Duration::from_secs(30)).await,
@@ -403,6 +400,20 @@ async fn network_cut_leader_steps_down_and_leaders_never_interleave() {
         "A stepped down by itself:\n{}",
         a.log_text()
     );
+    // A standby reports itself as one, and no lag of its days as leader
+    // (stale values would keep the lag alert firing on it).
+    let metrics = crate::observability::scrape(&env).await.unwrap_or_default();
+    for (name, want) in [
+        ("outbox_relay_leader", 0.0),
+        ("outbox_relay_lag_bytes", 0.0),
+        ("outbox_relay_lag_seconds", 0.0),
+    ] {
+        assert_eq!(
+            crate::observability::gauge_value(&metrics, name),
+            Some(want),
+            "{name} of the stepped-down relay:\n{metrics}"
+        );
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (ids, arrival) = stop_and_check(&stop, writers, &seen, reader).await;
     eprintln!(

@@ -85,6 +85,13 @@ fn exported_metrics(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The value of a metric without labels in a Prometheus text exposition.
+pub fn gauge_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The metric names the dashboard and the alert rules use.
 fn dashboard_and_alert_metrics() -> BTreeSet<String> {
     let mut names = referenced_metrics(&read("deploy/grafana/dashboards/outbox-relay.json"));
