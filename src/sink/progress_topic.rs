@@ -140,6 +140,13 @@ impl ProgressRecord {
 pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<ProgressRecord>> {
     let topic = cfg.kafka.progress_topic.as_str();
     let end = Instant::now() + deadline;
+    // Every broker request waits at most what is left of the deadline (and
+    // 10 s each), so a caller with a short one (`status`) gets its answer
+    // in time when the broker is down.
+    let left = || {
+        end.saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(10))
+    };
     let mut cc = cfg.kafka.to_rdkafka(ClientRole::Admin);
     cc.set(
         "group.id",
@@ -157,7 +164,7 @@ pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<P
     })?;
     let kafka = |what: &str, e: KafkaError| RelayError::kafka(format!("{what} {topic}"), e);
     let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), left())
         .map_err(|e| kafka("metadata of the progress topic", e))?;
     let partitions = md
         .topics()
@@ -180,7 +187,7 @@ pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<P
         }
     }
     let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .fetch_watermarks(topic, 0, left())
         .map_err(|e| kafka("watermarks of the progress topic", e))?;
     if high <= low {
         return Ok(None);
