@@ -1,5 +1,7 @@
-//! `outbox-relay status`: where the relay stands, read from PostgreSQL alone
-//! (works whether or not the relay runs, needs no broker).
+//! `outbox-relay status`: where the relay stands, read from PostgreSQL
+//! (works whether or not the relay runs, needs no broker), plus — in
+//! exactly-once mode only — the last committed progress record from Kafka,
+//! which is where that mode resumes ([`progress`]).
 //!
 //! What the numbers mean:
 //!
@@ -7,14 +9,22 @@
 //!   whether a walsender streams from it (`active`), its `wal_status` and
 //!   `confirmed_flush_lsn`.
 //! * **checkpoint** — the checkpoint table's LSN for the slot and when it was
-//!   last written. The relay writes it only after broker acks, and only when
-//!   outbox rows were published (an idle relay advances the slot, not the
-//!   table), so an old `updated_at` with nothing pending is normal.
+//!   last written. The relay writes it only after broker acks (exactly-once:
+//!   after the Kafka commit), and only when outbox rows were published (an
+//!   idle relay advances the slot, not the table), so an old `updated_at`
+//!   with nothing pending is normal.
+//! * **progress** (exactly-once only) — the last committed progress record
+//!   of this relay's transactional id: commit LSN, index within that
+//!   PostgreSQL transaction, epoch, and how far the checkpoint table trails
+//!   it. When the broker cannot be reached it says why, in one line, and
+//!   everything else is still shown ([`progress`]).
 //! * **lag bytes** — `pg_current_wal_lsn()` minus the relay's handled
-//!   position, which is the greater of the checkpoint LSN and the slot's
-//!   `confirmed_flush_lsn` (both mean "everything before this was published
-//!   or had nothing to publish"). It counts all WAL, not only outbox rows, so
-//!   it is small but rarely zero while the relay keeps up.
+//!   position ([`Status::handled_lsn`]): the greatest of the positions the
+//!   relay has proven — the checkpoint LSN, the slot's
+//!   `confirmed_flush_lsn` and, in exactly-once mode, the progress record's
+//!   resume position (each means "everything before this was published or
+//!   had nothing to publish"). It counts all WAL, not only outbox rows, so it
+//!   is small but rarely zero while the relay keeps up.
 //! * **lag seconds** — age of the oldest `PENDING` row created after the
 //!   checkpoint was last written, 0 when there is none. Such a row cannot be
 //!   covered by that checkpoint, so this is a lower bound of how far
@@ -35,16 +45,29 @@
 //!   its own (`tables` in JSON) and these are the sums, the oldest and the
 //!   largest lag.
 //!
+//! The parts, one concept each: this file holds what `status` reports (the
+//! types both renderings share) and the command; [`gather`] reads it from
+//! PostgreSQL; [`progress`] reads the exactly-once progress record from
+//! Kafka, the only part that touches a broker; [`render`] is the
+//! human-readable table (`--json` is the types' `Serialize`).
+//!
 //! Nothing printed contains a secret: the connection URL is never shown.
 
 use serde::Serialize;
-use tokio_postgres::Client;
 
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Delivery, Overrides};
 use crate::error::{RelayError, Result};
 use crate::sink::message::parse_lsn;
-use crate::slot::{self, SlotInfo};
+use crate::slot::SlotInfo;
 use crate::source::control;
+
+mod gather;
+pub mod progress;
+mod render;
+
+pub use gather::{gather, parse_relay};
+pub use progress::ProgressStatus;
+pub use render::render_table;
 
 /// Everything `status` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +80,11 @@ pub struct Status {
     pub current_wal_lsn: Option<String>,
     /// The checkpoint row, `None` before the first checkpoint.
     pub checkpoint: Option<Checkpoint>,
+    /// Exactly-once mode only: the last committed progress record, or why
+    /// it could not be read. Absent in at-least-once mode, whose output
+    /// stays as it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressStatus>,
     /// Lag; see the module docs for the definitions.
     pub lag: Lag,
     /// Outbox rows by status.
@@ -78,6 +106,34 @@ pub struct Status {
     pub tables: Vec<TableStatus>,
 }
 
+impl Status {
+    /// The relay's handled position: the greatest position it has proven.
+    /// Everything below each of these was published (or had nothing to
+    /// publish) — the checkpoint is written only after acks / the Kafka
+    /// commit, the slot is confirmed only after the checkpoint or while
+    /// nothing is in flight, and a committed progress record commits with
+    /// the data it covers — so the greatest of them bounds what is left.
+    /// `progress` is the exactly-once resume position, if read.
+    pub fn handled_lsn(&self, progress: Option<u64>) -> Option<u64> {
+        [
+            self.checkpoint.as_ref().and_then(|c| parse_lsn(&c.lsn)),
+            self.slot.as_ref().and_then(SlotInfo::confirmed_flush),
+            progress,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
+    /// WAL bytes past [`Self::handled_lsn`]; `None` when either end is
+    /// unknown (a standby has no current WAL position).
+    pub fn lag_bytes(&self, progress: Option<u64>) -> Option<i64> {
+        let current = self.current_wal_lsn.as_deref().and_then(parse_lsn)?;
+        let handled = self.handled_lsn(progress)?;
+        Some(current.saturating_sub(handled) as i64)
+    }
+}
+
 /// One outbox table's part of the status.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableStatus {
@@ -89,70 +145,6 @@ pub struct TableStatus {
     pub oldest_pending: Option<Age>,
     /// Age of the oldest `PENDING` row newer than the checkpoint.
     pub lag_seconds: f64,
-}
-
-/// Rows, oldest pending row and lag seconds of one table's view.
-async fn table_status(client: &Client, cfg: &Config) -> Result<TableStatus> {
-    let ckpt_table = cfg.checkpoint_table();
-    let slot_name = &cfg.postgres.slot;
-    let c = &cfg.outbox.columns;
-    let table = cfg.outbox.table.clone();
-    let (st, ca) = (&c.status, &c.created_at);
-    let mut rows = Rows::default();
-    for r in client
-        .query(
-            &format!("SELECT {st}::text, count(*) FROM {table} GROUP BY 1"),
-            &[],
-        )
-        .await
-        .map_err(|e| RelayError::postgres(format!("counting outbox rows of {table}"), e))?
-    {
-        let status: Option<String> = r.get(0);
-        let n: i64 = r.get(1);
-        match status.as_deref() {
-            Some("PENDING") => rows.pending += n,
-            Some("PROCESSED") => rows.processed += n,
-            Some("FAILED") => rows.failed += n,
-            _ => {}
-        }
-    }
-    let oldest_pending = client
-        .query_one(
-            &format!(
-                "SELECT to_char(min({ca}) AT TIME ZONE 'UTC', '{RFC3339}'), \
-                        extract(epoch FROM now() - min({ca}))::float8 \
-                 FROM {table} WHERE {st} = 'PENDING'"
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("reading the oldest pending row", e))
-        .map(|r| {
-            let at: Option<String> = r.get(0);
-            at.map(|at| Age {
-                at,
-                age_seconds: r.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0),
-            })
-        })?;
-    let lag_seconds: Option<f64> = client
-        .query_one(
-            &format!(
-                "SELECT extract(epoch FROM now() - min(o.{ca}))::float8 FROM {table} o \
-                 WHERE o.{st} = 'PENDING' AND o.{ca} > coalesce( \
-                     (SELECT updated_at FROM {}.{} WHERE slot_name = $1), '-infinity')",
-                ckpt_table.schema, ckpt_table.name
-            ),
-            &[slot_name],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("computing lag seconds", e))?
-        .get(0);
-    Ok(TableStatus {
-        table,
-        rows,
-        oldest_pending,
-        lag_seconds: lag_seconds.unwrap_or(0.0).max(0.0),
-    })
 }
 
 /// One relay process seen through its leader-election connection.
@@ -168,32 +160,6 @@ pub struct RelayInstance {
     pub since: String,
     /// Where its connection comes from, as PostgreSQL sees it.
     pub client_addr: String,
-}
-
-/// Parse `outbox-relay <role> <slot> <host>:<pid> <since-unix>` (see
-/// [`crate::leader::application_name`]) for `slot`.
-pub fn parse_relay(app_name: &str, slot: &str, client_addr: &str) -> Option<RelayInstance> {
-    let mut parts = app_name.split_whitespace();
-    if parts.next()? != "outbox-relay" {
-        return None;
-    }
-    let role = parts.next()?;
-    if role != "leader" && role != "standby" {
-        return None;
-    }
-    if parts.next()? != slot {
-        return None;
-    }
-    let (host, pid) = parts.next()?.rsplit_once(':')?;
-    let since: u64 = parts.next()?.parse().ok()?;
-    let since = std::time::UNIX_EPOCH + std::time::Duration::from_secs(since);
-    Some(RelayInstance {
-        role: role.into(),
-        host: host.into(),
-        pid: pid.parse().ok()?,
-        since: humantime::format_rfc3339_seconds(since).to_string(),
-        client_addr: client_addr.into(),
-    })
 }
 
 /// The checkpoint table's row for the slot.
@@ -240,8 +206,10 @@ pub struct Age {
     pub age_seconds: f64,
 }
 
-/// `to_char` format giving RFC 3339 in UTC.
-const RFC3339: &str = "YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"";
+/// The `kafka.brokers` placeholder [`load_config`] fills in when none is
+/// configured; [`progress`] reports the record unavailable instead of
+/// dialling it.
+const NO_BROKERS: &str = "unused-by-status:9092";
 
 /// Load the configuration for `status`, which needs PostgreSQL only: a
 /// missing `kafka.brokers` is not an error here.
@@ -252,298 +220,27 @@ pub fn load_config(cli: &crate::cli::Cli) -> Result<Config> {
     };
     match Config::load(cli.config.as_deref(), &overrides) {
         Err(e) if e.key == "kafka.brokers" => {
-            overrides.kafka_brokers = Some("unused-by-status:9092".into());
+            overrides.kafka_brokers = Some(NO_BROKERS.into());
             Ok(Config::load(cli.config.as_deref(), &overrides)?)
         }
         other => Ok(other?),
     }
 }
 
-/// Gather the status from PostgreSQL.
-pub async fn gather(client: &Client, cfg: &Config) -> Result<Status> {
-    let slot_name = cfg.postgres.slot.clone();
-    let slot = slot::query(client, &slot_name).await?;
-    let current_wal_lsn: Option<String> = client
-        .query_one(
-            "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
-            &[],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("reading pg_current_wal_lsn()", e))?
-        .get(0);
-
-    let ckpt_table = cfg.checkpoint_table();
-    let ckpt_sql = format!(
-        "SELECT lsn::text, to_char(updated_at AT TIME ZONE 'UTC', '{RFC3339}'), \
-                extract(epoch FROM now() - updated_at)::float8, blocked_row_id, blocked_reason \
-         FROM {}.{} WHERE slot_name = $1",
-        ckpt_table.schema, ckpt_table.name
-    );
-    let checkpoint = client
-        .query_opt(&ckpt_sql, &[&slot_name])
-        .await
-        .map_err(|e| {
-            RelayError::postgres("reading the checkpoint table (outbox.checkpoint-table)", e)
-        })?
-        .map(|r| Checkpoint {
-            lsn: r.get(0),
-            updated_at: r.get(1),
-            age_seconds: r.get(2),
-            blocked_row_id: r.get(3),
-            blocked_reason: r.get(4),
-        });
-
-    let handled = [
-        checkpoint.as_ref().and_then(|c| parse_lsn(&c.lsn)),
-        slot.as_ref().and_then(SlotInfo::confirmed_flush),
-    ]
-    .into_iter()
-    .flatten()
-    .max();
-    let lag_bytes = match (current_wal_lsn.as_deref().and_then(parse_lsn), handled) {
-        (Some(cur), Some(h)) => Some(cur.saturating_sub(h) as i64),
-        _ => None,
-    };
-
-    let mut rows = Rows::default();
-    let mut oldest_pending: Option<Age> = None;
-    let mut lag_seconds: f64 = 0.0;
-    let mut tables = Vec::new();
-    for view in cfg.per_table() {
-        let t = table_status(client, &view).await?;
-        rows.pending += t.rows.pending;
-        rows.processed += t.rows.processed;
-        rows.failed += t.rows.failed;
-        if let Some(a) = &t.oldest_pending {
-            if oldest_pending
-                .as_ref()
-                .is_none_or(|o| a.age_seconds > o.age_seconds)
-            {
-                oldest_pending = Some(a.clone());
-            }
-        }
-        lag_seconds = lag_seconds.max(t.lag_seconds);
-        tables.push(t);
-    }
-    if !cfg.multi_table() {
-        tables.clear();
-    }
-    let recovery = crate::recovery::load(client, cfg).await?;
-    let lost_slot_rows = if recovery.started {
-        Some(
-            crate::recovery::lost_range_all(client, cfg, &recovery)
-                .await?
-                .rows,
-        )
-    } else {
-        None
-    };
-
-    let rows_a = client
-        .query(
-            "SELECT application_name, COALESCE(host(client_addr), 'local') FROM pg_stat_activity \
-             WHERE application_name LIKE 'outbox-relay leader %' \
-                OR application_name LIKE 'outbox-relay standby %'",
-            &[],
-        )
-        .await
-        .map_err(|e| RelayError::postgres("reading pg_stat_activity", e))?;
-    let mut relays: Vec<RelayInstance> = rows_a
-        .iter()
-        .filter_map(|r| parse_relay(r.get(0), &slot_name, r.get(1)))
-        .collect();
-    relays.sort_by(|a, b| (a.role != "leader", &a.since).cmp(&(b.role != "leader", &b.since)));
-
-    let topic_drift = crate::topic_drift::load(client, cfg)
-        .await?
-        .map(|r| r.drift)
-        .unwrap_or_default();
-
-    Ok(Status {
-        tables,
-        topic_drift,
-        relays,
-        slot_name,
-        slot,
-        current_wal_lsn,
-        checkpoint,
-        lag: Lag {
-            bytes: lag_bytes,
-            seconds: lag_seconds,
-        },
-        rows,
-        oldest_pending,
-        lost_slot_rows,
-    })
-}
-
-/// The human-readable table.
-pub fn render_table(s: &Status) -> String {
-    let mut out = Vec::<(String, String)>::new();
-    let mut row = |k: &str, v: String| out.push((k.to_string(), v));
-    match &s.slot {
-        None => row(
-            "slot",
-            format!(
-                "{} (MISSING: run `outbox-relay init`; see README 'Slot health')",
-                s.slot_name
-            ),
-        ),
-        Some(i) => {
-            let active = match (i.active, i.active_pid) {
-                (true, Some(pid)) => format!("active, walsender pid {pid}"),
-                (true, None) => "active".to_string(),
-                (false, _) => "inactive: no relay is streaming".to_string(),
-            };
-            row("slot", format!("{} ({active})", i.name));
-            let ws = i.wal_status.as_deref().unwrap_or("none");
-            let safe = match i.safe_wal_size {
-                Some(b) => format!("{} until at risk", human_bytes(b)),
-                None => "max_slot_wal_keep_size unlimited".to_string(),
-            };
-            let warn = if ws == "lost" {
-                "  LOST: see README 'Slot health'"
-            } else {
-                ""
-            };
-            row("wal status", format!("{ws} ({safe}){warn}"));
-            row(
-                "confirmed flush lsn",
-                i.confirmed_flush_lsn.clone().unwrap_or_else(|| "-".into()),
-            );
-        }
-    }
-    row(
-        "current wal lsn",
-        s.current_wal_lsn
-            .clone()
-            .unwrap_or_else(|| "- (standby)".into()),
-    );
-    row(
-        "checkpoint",
-        match &s.checkpoint {
-            Some(c) => format!(
-                "{} written {} ({} ago)",
-                c.lsn,
-                c.updated_at,
-                human_secs(c.age_seconds)
-            ),
-            None => "none yet".to_string(),
-        },
-    );
-    if let Some((id, reason)) = s.checkpoint.as_ref().and_then(|c| {
-        c.blocked_row_id
-            .map(|id| (id, c.blocked_reason.clone().unwrap_or_default()))
-    }) {
-        row("BLOCKED at row", format!("id={id}: {reason}"));
-    }
-    row(
-        "lag bytes",
-        s.lag
-            .bytes
-            .map(|b| format!("{} of WAL not yet handled", human_bytes(b)))
-            .unwrap_or_else(|| "unknown".into()),
-    );
-    row(
-        "lag seconds",
-        format!(
-            "{} (oldest pending row newer than the checkpoint)",
-            human_secs(s.lag.seconds)
-        ),
-    );
-    row(
-        "rows",
-        format!(
-            "{} pending, {} processed, {} failed",
-            s.rows.pending, s.rows.processed, s.rows.failed
-        ),
-    );
-    row(
-        "oldest pending",
-        match &s.oldest_pending {
-            Some(a) => format!("{} ago ({})", human_secs(a.age_seconds), a.at),
-            None => "none".to_string(),
-        },
-    );
-    for t in &s.tables {
-        row(
-            &format!("rows {}", t.table),
-            format!(
-                "{} pending, {} processed, {} failed; oldest pending {}",
-                t.rows.pending,
-                t.rows.processed,
-                t.rows.failed,
-                match &t.oldest_pending {
-                    Some(a) => format!("{} ago", human_secs(a.age_seconds)),
-                    None => "none".to_string(),
-                }
-            ),
-        );
-    }
-    if let Some(n) = s.lost_slot_rows {
-        row(
-            "LOST SLOT",
-            format!("{n} PENDING row(s) committed before the new slot: run `outbox-relay replay --status PENDING`"),
-        );
-    }
-    for f in &s.topic_drift {
-        out.push(("TOPIC DRIFT".into(), f.to_string()));
-    }
-    if s.relays.is_empty() {
-        out.push((
-            "relays".into(),
-            "none with leader election connected".into(),
-        ));
-    }
-    for r in &s.relays {
-        out.push((
-            r.role.clone(),
-            format!(
-                "{}:{} since {} (from {})",
-                r.host, r.pid, r.since, r.client_addr
-            ),
-        ));
-    }
-    let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    out.iter()
-        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
-        .collect()
-}
-
-fn human_bytes(b: i64) -> String {
-    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v.abs() >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {} ({b} bytes)", UNITS[u])
-    }
-}
-
-fn human_secs(s: f64) -> String {
-    if s < 60.0 {
-        format!("{s:.1}s")
-    } else if s < 3600.0 {
-        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
-    } else {
-        format!(
-            "{}h{:02}m",
-            (s / 3600.0) as u64,
-            ((s % 3600.0) / 60.0) as u64
-        )
-    }
-}
-
-/// `outbox-relay status [--json]`.
+/// `outbox-relay status [--json]`. A PostgreSQL failure fails the command
+/// (exit 1); a progress record that cannot be read never does — it is
+/// reported as unavailable, with the reason.
 pub async fn execute(cli: &crate::cli::Cli, json: bool) -> Result<()> {
     let cfg = load_config(cli)?;
     let client = control::connect(&cfg, "status").await?;
-    let status = gather(&client, &cfg).await?;
+    // PostgreSQL first, Kafka second: the checkpoint is written after the
+    // Kafka commit, so in this order a checkpoint can never look ahead of
+    // the progress record merely because it was read later.
+    let mut status = gather(&client, &cfg).await?;
+    if cfg.kafka.delivery == Delivery::ExactlyOnce {
+        let p = progress::read(&cfg, progress::READ_DEADLINE).await;
+        progress::attach(&mut status, p);
+    }
     if json {
         let text = serde_json::to_string_pretty(&status)
             .map_err(|e| RelayError::Environment(format!("rendering status as JSON: {e}")))?;
@@ -555,15 +252,16 @@ pub async fn execute(cli: &crate::cli::Cli, json: bool) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample(slot: Option<SlotInfo>) -> Status {
+    pub(crate) fn sample(slot: Option<SlotInfo>) -> Status {
         Status {
             slot_name: "outbox_relay".into(),
             slot,
             current_wal_lsn: Some("0/2000000".into()),
             checkpoint: None,
+            progress: None,
             lag: Lag {
                 bytes: Some(2048),
                 seconds: 0.0,
@@ -581,30 +279,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn relay_names_parse() {
-        let r = parse_relay(
-            "outbox-relay leader outbox_relay db1:4242 1700000000",
-            "outbox_relay",
-            "10.0.0.1",
-        )
-        .unwrap();
-        assert_eq!(
-            (r.role.as_str(), r.host.as_str(), r.pid),
-            ("leader", "db1", 4242)
-        );
-        assert_eq!(r.since, "2023-11-14T22:13:20Z");
-        assert!(parse_relay("outbox-relay standby other h:1 1", "outbox_relay", "x").is_none());
-        assert!(parse_relay("outbox-relay checkpoint", "outbox_relay", "x").is_none());
-    }
-
-    #[test]
-    fn table_names_everything() {
-        let t = render_table(&sample(None));
-        assert!(t.contains("MISSING"), "{t}");
-        assert!(t.contains("3 pending, 10 processed, 1 failed"), "{t}");
-        assert!(t.contains("2.0 KiB (2048 bytes)"), "{t}");
-        assert!(t.contains("checkpoint") && t.contains("none yet"), "{t}");
+    pub(crate) fn checkpoint(lsn: &str) -> Checkpoint {
+        Checkpoint {
+            lsn: lsn.into(),
+            updated_at: "2026-01-01T00:00:00.000000Z".into(),
+            age_seconds: 1.0,
+            blocked_row_id: None,
+            blocked_reason: None,
+        }
     }
 
     #[test]
@@ -613,12 +295,25 @@ mod tests {
         assert_eq!(v["rows"]["pending"], 3);
         assert_eq!(v["lag"]["bytes"], 2048);
         assert!(v["slot"].is_null());
+        assert!(
+            v.get("progress").is_none(),
+            "at-least-once JSON has no progress field: {v}"
+        );
     }
 
     #[test]
-    fn human_units() {
-        assert_eq!(human_secs(5.25), "5.2s");
-        assert_eq!(human_secs(125.0), "2m05s");
-        assert_eq!(human_bytes(10), "10 B");
+    fn lag_counts_from_the_greatest_proven_position() {
+        let mut s = sample(None);
+        s.checkpoint = Some(checkpoint("0/1000000"));
+        assert_eq!(s.lag_bytes(None), Some(0x100_0000));
+        // A progress record past the checkpoint: the relay resumes there.
+        assert_eq!(s.lag_bytes(Some(0x180_0000)), Some(0x80_0000));
+        // One behind it (the checkpoint moved past row-free WAL): the
+        // checkpoint still counts.
+        assert_eq!(s.lag_bytes(Some(0x80_0000)), Some(0x100_0000));
+        // Past the current position (read later): no negative lag.
+        assert_eq!(s.lag_bytes(Some(0x300_0000)), Some(0));
+        s.current_wal_lsn = None;
+        assert_eq!(s.lag_bytes(Some(0x180_0000)), None);
     }
 }
