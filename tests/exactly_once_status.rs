@@ -184,6 +184,7 @@ async fn status_shows_the_progress_record_and_answers_with_the_broker_stopped() 
     ] {
         assert!(text.contains(&want), "{want} missing from:\n{text}");
     }
+    eprintln!("status in exactly-once mode:\n{text}");
 
     // A progress topic that does not exist: unavailable, with the reason.
     let (s, _) = status_json(

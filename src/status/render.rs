@@ -153,7 +153,7 @@ fn progress_lines(p: &ProgressStatus) -> Vec<(&'static str, String)> {
         return vec![(
             "progress",
             format!(
-                "none yet for {} on {} (the first session starts from the checkpoint table)",
+                "none yet for key {} on topic {} (the first session starts from the checkpoint table)",
                 p.key, p.topic
             ),
         )];
@@ -165,7 +165,7 @@ fn progress_lines(p: &ProgressStatus) -> Vec<(&'static str, String)> {
     let mut out = vec![(
         "progress",
         format!(
-            "commit lsn {}, index {}, epoch {} (resumes at {}, {how}; {} on {})",
+            "commit lsn {}, index {}, epoch {} (resumes at {}, {how}; key {} on topic {})",
             r.commit_lsn, r.index, r.epoch, r.resume_lsn, p.key, p.topic
         ),
     )];
