@@ -46,9 +46,9 @@
 //!   largest lag.
 //!
 //! The parts, one concept each: this file holds what `status` reports (the
-//! types both renderings share) and the command; [`gather`] reads it from
+//! types both renderings share) and the command; `gather.rs` reads it from
 //! PostgreSQL; [`progress`] reads the exactly-once progress record from
-//! Kafka, the only part that touches a broker; [`render`] is the
+//! Kafka, the only part that touches a broker; `render.rs` is the
 //! human-readable table (`--json` is the types' `Serialize`).
 //!
 //! Nothing printed contains a secret: the connection URL is never shown.
