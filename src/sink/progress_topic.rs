@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -138,6 +138,18 @@ impl ProgressRecord {
 /// The newest committed progress record keyed `key` (blocking: run it off
 /// the async workers). `None` when there is none yet.
 pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<ProgressRecord>> {
+    read_last_with(cfg, key, deadline, DefaultConsumerContext)
+}
+
+/// [`read_last`] with a client context of the caller's: `status` passes one
+/// that keeps librdkafka's connection errors off stderr, where a broker that
+/// is down would print dozens of lines its one-line reason already gives.
+pub fn read_last_with<C: ConsumerContext + 'static>(
+    cfg: &Config,
+    key: &str,
+    deadline: Duration,
+    context: C,
+) -> Result<Option<ProgressRecord>> {
     let topic = cfg.kafka.progress_topic.as_str();
     let end = Instant::now() + deadline;
     // Every broker request waits at most what is left of the deadline (and
@@ -159,7 +171,7 @@ pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<P
     .set("auto.offset.reset", "earliest")
     .set("allow.auto.create.topics", "false")
     .set("fetch.wait.max.ms", "50");
-    let consumer: BaseConsumer = cc.create().map_err(|e| {
+    let consumer: BaseConsumer<C> = cc.create_with_context(context).map_err(|e| {
         crate::sink::kafka_config::creation_error(e, "creating the progress reader")
     })?;
     let kafka = |what: &str, e: KafkaError| RelayError::kafka(format!("{what} {topic}"), e);

@@ -46,6 +46,10 @@
 
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
 use serde::Serialize;
 
 use super::{Status, NO_BROKERS};
@@ -153,14 +157,34 @@ pub async fn read(cfg: &Config, deadline: Duration) -> ProgressStatus {
         return part.unavailable("kafka.brokers is not set");
     }
     let (cfg2, key) = (cfg.clone(), part.key.clone());
-    let got =
-        tokio::task::spawn_blocking(move || progress_topic::read_last(&cfg2, &key, deadline)).await;
+    let got = tokio::task::spawn_blocking(move || {
+        progress_topic::read_last_with(&cfg2, &key, deadline, Quiet)
+    })
+    .await;
     match got {
         Err(e) => part.unavailable(format!("the progress reader failed: {e}")),
         Ok(Err(e)) => part.unavailable(e.to_string()),
         Ok(Ok(rec)) => part.read_as(rec.as_ref()),
     }
 }
+
+/// librdkafka's logs and error callbacks at debug level only: with the
+/// broker down they come by the dozen on every `status` call, and the
+/// unavailable reason already says what failed, once (`OUTBOX_RELAY_LOG=debug`
+/// shows them).
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(target: "librdkafka", facility = fac, "{log_message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for Quiet {}
 
 /// Add the progress part to `status`: the checkpoint's trail behind it,
 /// and the lag counted from the greatest proven position (module docs).
