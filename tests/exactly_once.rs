@@ -46,7 +46,7 @@ impl Eo {
             ("OUTBOX_RELAY_KAFKA_DELIVERY".into(), "exactly-once".into()),
             (
                 "OUTBOX_RELAY_KAFKA_TRANSACTIONAL_ID".into(),
-                format!("{}relay", env.prefix),
+                format!("{}relay", env.prefix), // Eo::transactional_id
             ),
             (
                 "OUTBOX_RELAY_KAFKA_PROGRESS_TOPIC".into(),
@@ -72,6 +72,19 @@ impl Eo {
             "init reports the progress topic"
         );
         Eo { env, vars }
+    }
+
+    /// `outbox-relay <args>` with this env's config and the exactly-once
+    /// settings (e.g. `status`).
+    pub(crate) fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = self.env.relay_command(args);
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    /// The relay's transactional id: the key of its progress records.
+    pub(crate) fn transactional_id(&self) -> String {
+        format!("{}relay", self.env.prefix)
     }
 
     pub(crate) fn spawn(&self, extra: &[(&str, &str)]) -> RelayProc {

@@ -14,6 +14,7 @@ mod dlq;
 mod docs;
 mod exactly_once;
 mod exactly_once_load;
+mod exactly_once_status;
 mod faults;
 mod fixture;
 mod ha;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -135,15 +135,43 @@ impl ProgressRecord {
     }
 }
 
-/// How long [`read_last`] keeps asking for a progress topic the metadata
-/// does not show yet before it says the topic does not exist.
+/// How long a starting session keeps asking for a progress topic the
+/// metadata does not show yet before it says the topic does not exist.
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(10);
 
 /// The newest committed progress record keyed `key` (blocking: run it off
 /// the async workers). `None` when there is none yet.
 pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<ProgressRecord>> {
+    read_last_with(
+        cfg,
+        key,
+        deadline,
+        MISSING_TOPIC_GRACE,
+        DefaultConsumerContext,
+    )
+}
+
+/// [`read_last`] with a client context of the caller's and its own patience
+/// for a topic the metadata does not show (`missing_grace`): `status` passes
+/// a context that keeps librdkafka's connection errors off stderr, where a
+/// broker that is down would print dozens of lines its one-line reason
+/// already gives, and no grace — it reports what the cluster serves now.
+pub fn read_last_with<C: ConsumerContext + 'static>(
+    cfg: &Config,
+    key: &str,
+    deadline: Duration,
+    missing_grace: Duration,
+    context: C,
+) -> Result<Option<ProgressRecord>> {
     let topic = cfg.kafka.progress_topic.as_str();
     let end = Instant::now() + deadline;
+    // Every broker request waits at most what is left of the deadline (and
+    // 10 s each), so a caller with a short one (`status`) gets its answer
+    // in time when the broker is down.
+    let left = || {
+        end.saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(10))
+    };
     let mut cc = cfg.kafka.to_rdkafka(ClientRole::Admin);
     cc.set(
         "group.id",
@@ -156,7 +184,7 @@ pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<P
     .set("auto.offset.reset", "earliest")
     .set("allow.auto.create.topics", "false")
     .set("fetch.wait.max.ms", "50");
-    let consumer: BaseConsumer = cc.create().map_err(|e| {
+    let consumer: BaseConsumer<C> = cc.create_with_context(context).map_err(|e| {
         crate::sink::kafka_config::creation_error(e, "creating the progress reader")
     })?;
     let kafka = |what: &str, e: KafkaError| RelayError::kafka(format!("{what} {topic}"), e);
@@ -164,10 +192,10 @@ pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<P
     // session) is in the controller's metadata before every broker serves
     // it: on a busy cluster that takes seconds. Ask again for a while before
     // calling it missing.
-    let missing_until = Instant::now() + MISSING_TOPIC_GRACE.min(deadline);
+    let missing_until = Instant::now() + missing_grace.min(deadline);
     let partitions = loop {
         let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .fetch_metadata(Some(topic), left())
             .map_err(|e| kafka("metadata of the progress topic", e))?;
         let n = md
             .topics()
@@ -195,7 +223,7 @@ pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<P
         }
     }
     let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .fetch_watermarks(topic, 0, left())
         .map_err(|e| kafka("watermarks of the progress topic", e))?;
     if high <= low {
         return Ok(None);
