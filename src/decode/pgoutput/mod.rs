@@ -13,9 +13,9 @@
 //! [`DecodeError::UnknownTag`]: we asked for version 1, so seeing one means
 //! the stream is not what we think it is.
 //!
-//! Files: [`message`] (the decoded types), [`error`] ([`DecodeError`] and
-//! its text), [`parser`] (the per-tag body layouts, [`parse`]) and
-//! [`reader`] (the bounds-checked cursor that makes parsing panic-free).
+//! Files: `message` (the decoded types), `error` ([`DecodeError`] and
+//! its text), `parser` (the per-tag body layouts, [`parse`]) and
+//! `reader` (the bounds-checked cursor that makes parsing panic-free).
 
 mod error;
 mod message;

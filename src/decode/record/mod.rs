@@ -15,13 +15,13 @@
 //!
 //! The module is cut by concept, one file each:
 //!
-//! * [`names`]: the configured table and column names ([`TableName`],
+//! * `names`: the configured table and column names ([`TableName`],
 //!   [`ColumnNames`]).
-//! * [`mapping`]: recognising the outbox relation and resolving column
+//! * `mapping`: recognising the outbox relation and resolving column
 //!   positions once ([`OutboxMapping`], [`ResolvedRelation`]).
-//! * [`extract`]: one tuple → one typed [`OutboxRecord`].
-//! * [`headers`]: the `headers` JSON object → ordered Kafka headers.
-//! * [`error`]: the row-level errors and their text ([`RowError`]).
+//! * `extract`: one tuple → one typed [`OutboxRecord`].
+//! * `headers`: the `headers` JSON object → ordered Kafka headers.
+//! * `error`: the row-level errors and their text ([`RowError`]).
 //!
 //! [`Relation`]: crate::decode::Relation
 //! [`Tuple`]: crate::decode::Tuple

@@ -27,12 +27,12 @@
 //! Nothing here ever formats the connection string: errors name the
 //! parameter and, at most, a file path — never the password.
 //!
-//! Files: [`target`] (the URL → [`PgTarget`] and the effective
-//! [`SslMode`]), [`conninfo`] (taking the TLS parameters out of a URL or
-//! `key=value` string), [`connector`] (the rustls and pgwire-replication
-//! settings each connection uses), [`certs`] (reading PEM files),
-//! [`verify`] (the certificate checks of `require`/`prefer` and
-//! `verify-ca`) and [`problem`] (which connect errors are certificate
+//! Files: `target` (the URL → [`PgTarget`] and the effective
+//! [`SslMode`]), `conninfo` (taking the TLS parameters out of a URL or
+//! `key=value` string), `connector` (the rustls and pgwire-replication
+//! settings each connection uses), `certs` (reading PEM files),
+//! `verify` (the certificate checks of `require`/`prefer` and
+//! `verify-ca`) and `problem` (which connect errors are certificate
 //! problems no retry fixes).
 //!
 //! [`TlsConfig`]: pgwire_replication::TlsConfig
