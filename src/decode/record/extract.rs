@@ -2,8 +2,9 @@
 //! text/NULL/UTF-8 checks and the id's integer parse.
 //!
 //! This is the per-row hot path; it stays separate from resolving
-//! ([`mapping`](super::mapping)) so that every check a row can fail sits in
-//! one place, next to the [`RowErrorKind`] it produces.
+//! ([`mapping`](super::mapping)), which runs once per relation, so the
+//! checks a row can fail sit together here (the headers JSON apart, in
+//! [`headers`](super::headers)).
 
 use std::sync::Arc;
 
