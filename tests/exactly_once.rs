@@ -335,6 +335,67 @@ async fn a_dead_lettered_row_appears_once_in_the_dlq() {
     .await;
 }
 
+/// The progress topic is shared by every relay's transactional id. Another
+/// id's transaction left open on it (a relay killed mid-transaction, until
+/// the broker aborts it at `transaction.timeout.ms`) hides the records
+/// committed after it from a `read_committed` reader. A relay that crashed
+/// after such a commit but before confirming it to the slot, restarting
+/// then, must wait for the open transaction to end — here the other producer
+/// aborts it after 3 s — not resume from the older record it can see: that
+/// would publish the crashed commit's rows again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_open_transaction_on_the_progress_topic_is_waited_out() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let eo = Eo::start(1000).await;
+    // One PostgreSQL transaction, one Kafka commit; the second commit is the
+    // one the fault stops right after.
+    let mut a = eo.spawn(&[("OUTBOX_RELAY_TEST_FAULT", "after-kafka-commit:2")]);
+    let mut ids: HashSet<i64> = insert(&eo.env, 1, 5).await.into_iter().collect();
+    eo.read_committed(TOPIC, &ids, Duration::from_secs(60))
+        .await;
+    let (bootstrap, topic) = (eo.env.bootstrap(), eo.env.topic("outbox-relay.progress"));
+    let other = tokio::task::spawn_blocking(move || {
+        let p: BaseProducer = kafka::client_config(&bootstrap)
+            .set("transactional.id", "another-relay")
+            .create()
+            .expect("another transactional producer");
+        p.init_transactions(Duration::from_secs(30)).unwrap();
+        p.begin_transaction().unwrap();
+        p.send(
+            BaseRecord::to(&topic)
+                .key("another-relay")
+                .payload("{}")
+                .partition(0),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        p.flush(Duration::from_secs(10)).unwrap();
+        p
+    })
+    .await
+    .unwrap();
+    // The relay's second commit lands behind the open transaction's first
+    // offset, and the relay dies before the checkpoint and the slot hear of it.
+    ids.extend(insert(&eo.env, 1, 5).await);
+    let st = exit_of(&mut a, Duration::from_secs(60)).await;
+    assert_eq!(st.signal(), Some(libc::SIGABRT), "{}", a.log_text());
+    let _b = eo.spawn(&[]);
+    tokio::time::sleep(Duration::from_secs(3)).await; // the open transaction itself
+    tokio::task::spawn_blocking(move || other.abort_transaction(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("abort the other transaction");
+    ids.extend(insert(&eo.env, 1, 5).await);
+    let msgs = eo
+        .read_committed(TOPIC, &ids, Duration::from_secs(60))
+        .await;
+    assert_exactly_once(
+        &msgs,
+        &ids,
+        "after a start behind another id's open transaction",
+    );
+}
+
 /// A newer producer with the relay's transactional id — here a bare
 /// librdkafka producer calling `init_transactions`, exactly what a second
 /// relay does first — fences the running relay at the broker: its next

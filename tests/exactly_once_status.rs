@@ -291,3 +291,76 @@ async fn status_shows_the_progress_record_and_answers_with_the_broker_stopped() 
         t0.elapsed()
     );
 }
+
+/// A relay killed inside a Kafka transaction (the fault hook aborts it just
+/// before its second `commit_transaction`) leaves that transaction open at
+/// the broker, and a `read_committed` reader of the progress topic stops at
+/// its first offset until a new session's `init_transactions` aborts it.
+/// `status` then shows the newest committed record — where the next session
+/// will resume — and where its read stopped, instead of "unavailable"; once
+/// a new relay ran, it reads to the end again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_committed_record_behind_an_open_transaction() {
+    let eo = Eo::start(1000).await;
+    let key = eo.transactional_id();
+    let mut relay = eo.spawn(&[("OUTBOX_RELAY_TEST_FAULT", "before-kafka-commit:2")]);
+    // One PostgreSQL transaction every 300 ms: each Kafka transaction holds
+    // one (the interval is 100 ms), its progress placeholder on the broker
+    // well before the commit the fault stops.
+    let mut ids: HashSet<i64> = HashSet::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    let st = loop {
+        if let Some(st) = relay.try_exit() {
+            break st;
+        }
+        assert!(Instant::now() < end, "the fault hook never fired");
+        ids.extend(insert(&eo.env, 1, 3).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGABRT), "{}", relay.log_text());
+
+    let committed = last_progress_record(&eo, &key)
+        .await
+        .expect("the first transaction's record");
+    let (s, took) = status_json(&eo, &[]);
+    eprintln!("status behind an open transaction took {took:?}");
+    let p = &s["progress"];
+    assert_eq!(p["available"], true, "{s:#}");
+    assert_eq!(
+        p["record"]["commit_lsn"],
+        committed.commit_lsn.as_str(),
+        "{s:#}"
+    );
+    let (offset, high) = (
+        p["stopped_at"]["offset"]
+            .as_i64()
+            .expect("stopped_at.offset"),
+        p["stopped_at"]["high_watermark"].as_i64().unwrap(),
+    );
+    assert!(offset < high, "{s:#}");
+    let text = status_text(&eo);
+    assert!(
+        text.contains(&format!("read to offset {offset} of {high}")),
+        "{text}"
+    );
+
+    // A new session aborts the open transaction and publishes the rest.
+    let _relay = eo.spawn(&[]);
+    let msgs = eo
+        .read_committed(TOPIC, &ids, Duration::from_secs(60))
+        .await;
+    assert_exactly_once(&msgs, &ids, "after the killed transaction");
+    let newest = last_progress_record(&eo, &key).await.unwrap();
+    let (s, _) = status_json(&eo, &[]);
+    assert!(s["progress"]["stopped_at"].is_null(), "{s:#}");
+    // Every row is committed and nothing more is written: the newest record
+    // stays the newest.
+    assert_eq!(
+        s["progress"]["record"]["commit_lsn"],
+        newest.commit_lsn.as_str(),
+        "{s:#}"
+    );
+    assert_eq!(s["progress"]["record"]["epoch"], newest.epoch, "{s:#}");
+    assert!(newest.epoch > committed.epoch, "a new session's record");
+}

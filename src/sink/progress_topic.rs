@@ -140,15 +140,49 @@ impl ProgressRecord {
 const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(10);
 
 /// The newest committed progress record keyed `key` (blocking: run it off
-/// the async workers). `None` when there is none yet.
+/// the async workers). `None` when there is none yet. A read that cannot
+/// reach the high watermark within `deadline` is an error: a session must
+/// not start from anything but the newest record.
 pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<ProgressRecord>> {
-    read_last_with(
+    let read = read_last_with(
         cfg,
         key,
         deadline,
         MISSING_TOPIC_GRACE,
         DefaultConsumerContext,
-    )
+    )?;
+    match read.stopped {
+        None => Ok(read.record),
+        Some(s) => Err(RelayError::Timeout(format!(
+            "reading kafka.progress-topic {}: stopped at offset {} of {}, where a Kafka \
+             transaction is still open (one a relay sharing the topic left when it was killed \
+             is aborted by the broker after transaction.timeout.ms); retrying",
+            cfg.kafka.progress_topic, s.offset, s.high_watermark
+        ))),
+    }
+}
+
+/// What a read of the progress topic found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastRead {
+    /// The newest committed record of the key among the offsets read.
+    pub record: Option<ProgressRecord>,
+    /// Set when the read did not reach the high watermark in time.
+    pub stopped: Option<Stopped>,
+}
+
+/// Where a read stopped short. A `read_committed` reader gets nothing at or
+/// past the first offset of a Kafka transaction still open — one a relay
+/// killed mid-transaction left behind holds it until the next session's
+/// `init_transactions` or the transaction timeout aborts it — so `record`
+/// is then the newest *committed* one, unless another transactional id's
+/// open transaction holds back newer records of this key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Stopped {
+    /// The first offset not read.
+    pub offset: i64,
+    /// The high watermark the read aimed for.
+    pub high_watermark: i64,
 }
 
 /// [`read_last`] with a client context of the caller's and its own patience
@@ -156,13 +190,13 @@ pub fn read_last(cfg: &Config, key: &str, deadline: Duration) -> Result<Option<P
 /// a context that keeps librdkafka's connection errors off stderr, where a
 /// broker that is down would print dozens of lines its one-line reason
 /// already gives, and no grace — it reports what the cluster serves now.
-pub fn read_last_with<C: ConsumerContext + 'static>(
+pub fn read_last_with<C: ConsumerContext + Clone + 'static>(
     cfg: &Config,
     key: &str,
     deadline: Duration,
     missing_grace: Duration,
     context: C,
-) -> Result<Option<ProgressRecord>> {
+) -> Result<LastRead> {
     let topic = cfg.kafka.progress_topic.as_str();
     let end = Instant::now() + deadline;
     // Every broker request waits at most what is left of the deadline (and
@@ -184,7 +218,7 @@ pub fn read_last_with<C: ConsumerContext + 'static>(
     .set("auto.offset.reset", "earliest")
     .set("allow.auto.create.topics", "false")
     .set("fetch.wait.max.ms", "50");
-    let consumer: BaseConsumer<C> = cc.create_with_context(context).map_err(|e| {
+    let consumer: BaseConsumer<C> = cc.create_with_context(context.clone()).map_err(|e| {
         crate::sink::kafka_config::creation_error(e, "creating the progress reader")
     })?;
     let kafka = |what: &str, e: KafkaError| RelayError::kafka(format!("{what} {topic}"), e);
@@ -222,11 +256,33 @@ pub fn read_last_with<C: ConsumerContext + 'static>(
             )))
         }
     }
-    let (low, high) = consumer
+    // The end to read to is the high watermark, not the last stable offset
+    // a `read_committed` client is told (librdkafka asks ListOffsets with
+    // the client's isolation level): the topic is shared by every relay's
+    // transactional id, and another one's open transaction would hide our
+    // newer committed records behind it — resuming from an older record
+    // re-publishes what is committed. So ask with a `read_uncommitted`
+    // client, and read committed records until past it: an open transaction
+    // below it is waited out (it commits, or the coordinator aborts it at
+    // `transaction.timeout.ms`).
+    let mut hw = cfg.kafka.to_rdkafka(ClientRole::Admin);
+    hw.set("group.id", "outbox-relay-progress-watermark")
+        .set("isolation.level", "read_uncommitted");
+    let hw: BaseConsumer<C> = hw.create_with_context(context.clone()).map_err(|e| {
+        crate::sink::kafka_config::creation_error(e, "creating the progress reader")
+    })?;
+    let (low, high) = hw
         .fetch_watermarks(topic, 0, left())
         .map_err(|e| kafka("watermarks of the progress topic", e))?;
+    drop(hw);
+    let done = |record| {
+        Ok(LastRead {
+            record,
+            stopped: None,
+        })
+    };
     if high <= low {
-        return Ok(None);
+        return done(None);
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
@@ -235,11 +291,16 @@ pub fn read_last_with<C: ConsumerContext + 'static>(
         .assign(&tpl)
         .map_err(|e| kafka("assigning the progress topic", e))?;
     let mut last: Option<ProgressRecord> = None;
+    let mut read_to = low;
     loop {
         if Instant::now() >= end {
-            return Err(RelayError::Timeout(format!(
-                "reading kafka.progress-topic {topic} up to offset {high}"
-            )));
+            return Ok(LastRead {
+                record: last,
+                stopped: Some(Stopped {
+                    offset: read_to,
+                    high_watermark: high,
+                }),
+            });
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -255,8 +316,9 @@ pub fn read_last_with<C: ConsumerContext + 'static>(
                         last = Some(rec);
                     }
                 }
-                if m.offset() + 1 >= high {
-                    return Ok(last);
+                read_to = m.offset() + 1;
+                if read_to >= high {
+                    return done(last);
                 }
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {
@@ -264,8 +326,11 @@ pub fn read_last_with<C: ConsumerContext + 'static>(
                     .position()
                     .ok()
                     .and_then(|t| t.find_partition(topic, 0).and_then(|p| p.offset().to_raw()));
-                if pos.is_some_and(|p| p >= high) {
-                    return Ok(last);
+                if let Some(p) = pos {
+                    read_to = read_to.max(p);
+                }
+                if read_to >= high {
+                    return done(last);
                 }
             }
             Some(Err(e)) => return Err(kafka("reading the progress topic", e)),

@@ -55,7 +55,7 @@ use serde::Serialize;
 use super::{Status, NO_BROKERS};
 use crate::config::Config;
 use crate::sink::message::parse_lsn;
-use crate::sink::progress_topic::{self, ProgressRecord};
+use crate::sink::progress_topic::{self, LastRead, ProgressRecord, Stopped};
 use crate::sink::transactional::transactional_id;
 
 /// How long `status` waits for the progress record: a few seconds, enough
@@ -80,6 +80,11 @@ pub struct ProgressStatus {
     /// topic holds none for this key yet (the first exactly-once session
     /// then starts from the checkpoint table).
     pub record: Option<ProgressView>,
+    /// Set when the read stopped short of the high watermark: a Kafka
+    /// transaction still open (e.g. left by a relay killed mid-transaction)
+    /// holds a `read_committed` reader back, so `record` is the newest one
+    /// before that offset (see [`Stopped`]).
+    pub stopped_at: Option<Stopped>,
 }
 
 /// The last committed progress record, as `status` shows it.
@@ -115,6 +120,7 @@ impl ProgressStatus {
             available: false,
             unavailable_reason: None,
             record: None,
+            stopped_at: None,
         }
     }
 
@@ -123,6 +129,17 @@ impl ProgressStatus {
         self.available = false;
         self.unavailable_reason = Some(reason.into().replace('\n', " "));
         self.record = None;
+        self.stopped_at = None;
+        self
+    }
+
+    /// The topic was read up to `stopped` only; `record` is the last one of
+    /// our key before it.
+    pub fn read_until(mut self, record: Option<&ProgressRecord>, stopped: Stopped) -> Self {
+        self = self.read_as(record);
+        if self.available {
+            self.stopped_at = Some(stopped);
+        }
         self
     }
 
@@ -164,7 +181,14 @@ pub async fn read(cfg: &Config, deadline: Duration) -> ProgressStatus {
     match got {
         Err(e) => part.unavailable(format!("the progress reader failed: {e}")),
         Ok(Err(e)) => part.unavailable(e.to_string()),
-        Ok(Ok(rec)) => part.read_as(rec.as_ref()),
+        Ok(Ok(LastRead {
+            record,
+            stopped: None,
+        })) => part.read_as(record.as_ref()),
+        Ok(Ok(LastRead {
+            record,
+            stopped: Some(at),
+        })) => part.read_until(record.as_ref(), at),
     }
 }
 
@@ -172,6 +196,7 @@ pub async fn read(cfg: &Config, deadline: Duration) -> ProgressStatus {
 /// broker down they come by the dozen on every `status` call, and the
 /// unavailable reason already says what failed, once (`OUTBOX_RELAY_LOG=debug`
 /// shows them).
+#[derive(Clone)]
 struct Quiet;
 
 impl ClientContext for Quiet {
@@ -210,6 +235,7 @@ mod tests {
             available: false,
             unavailable_reason: None,
             record: None,
+            stopped_at: None,
         }
     }
 

@@ -169,6 +169,17 @@ fn progress_lines(p: &ProgressStatus) -> Vec<(&'static str, String)> {
             r.commit_lsn, r.index, r.epoch, r.resume_lsn, p.key, p.topic
         ),
     )];
+    if let Some(s) = &p.stopped_at {
+        out.push((
+            "progress held",
+            format!(
+                "read to offset {} of {}: a Kafka transaction is still open there (a relay killed \
+                 mid-transaction leaves one until the next session starts or the transaction \
+                 times out); the record above is the newest committed before it",
+                s.offset, s.high_watermark
+            ),
+        ));
+    }
     if r.unmarked_failed_rows > 0 {
         out.push((
             "progress failed",
@@ -250,6 +261,7 @@ mod tests {
             available: false,
             unavailable_reason: None,
             record: None,
+            stopped_at: None,
         };
         let rec = ProgressRecord::new(0x100_0400, 3, Some(0x100_0800), 7);
         let mut with = s.clone();
@@ -263,6 +275,7 @@ mod tests {
             t.contains("checkpoint trails") && t.contains("2.0 KiB (2048 bytes) behind"),
             "{t}"
         );
+        assert!(!t.contains("progress held"), "{t}");
 
         let mut down = s.clone();
         super::super::progress::attach(&mut down, part().unavailable("broker down"));
@@ -272,6 +285,20 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("checkpoint trails"), "{t}");
+
+        assert!(!t.contains("progress held"), "{t}");
+
+        let mut held = s.clone();
+        let stopped = crate::sink::progress_topic::Stopped {
+            offset: 41,
+            high_watermark: 45,
+        };
+        super::super::progress::attach(&mut held, part().read_until(Some(&rec), stopped));
+        let t = render_table(&held);
+        assert!(
+            t.contains("commit lsn 0/1000400") && t.contains("read to offset 41 of 45"),
+            "{t}"
+        );
 
         let mut none = s;
         super::super::progress::attach(&mut none, part().read_as(None));
