@@ -224,11 +224,12 @@ pub fn attach(status: &mut Status, mut part: ProgressStatus) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::tests::{checkpoint, sample};
     use super::*;
 
-    fn part() -> ProgressStatus {
+    /// A progress part not read yet (also for the rendering tests).
+    pub(in crate::status) fn part() -> ProgressStatus {
         ProgressStatus {
             topic: "outbox-relay.progress".into(),
             key: "outbox-relay.app.outbox_relay".into(),

@@ -255,14 +255,7 @@ mod tests {
         use crate::sink::progress_topic::ProgressRecord;
         let mut s = sample(None);
         s.checkpoint = Some(super::super::tests::checkpoint("0/1000000"));
-        let part = || ProgressStatus {
-            topic: "outbox-relay.progress".into(),
-            key: "outbox-relay.app.outbox_relay".into(),
-            available: false,
-            unavailable_reason: None,
-            record: None,
-            stopped_at: None,
-        };
+        use super::super::progress::tests::part;
         let rec = ProgressRecord::new(0x100_0400, 3, Some(0x100_0800), 7);
         let mut with = s.clone();
         super::super::progress::attach(&mut with, part().read_as(Some(&rec)));
