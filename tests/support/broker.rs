@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -111,9 +111,8 @@ struct Node {
 
 struct NodeProcess {
     jvm: Child,
-    watchdog: Child,
-    /// Held only by this process: closing it (at exit) wakes the watchdog.
-    _watchdog_stdin: ChildStdin,
+    /// SIGKILLs the JVM's group if this process ends without killing it.
+    watchdog: super::ExitWatchdog,
 }
 
 impl Broker {
@@ -609,20 +608,10 @@ impl Node {
             .spawn()
             .map_err(|e| format!("spawn java: {e}"))?;
         let pgid = jvm.id();
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!("read _ignored; kill -9 -{pgid} 2>/dev/null"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn watchdog: {e}"))?;
-        let stdin = watchdog.stdin.take().expect("piped stdin");
-        self.process = Some(NodeProcess {
-            jvm,
-            watchdog,
-            _watchdog_stdin: stdin,
-        });
+        let watchdog =
+            super::ExitWatchdog::spawn(&format!("kill -9 -{pgid} 2>/dev/null"), &[] as &[&str])
+                .map_err(|e| format!("spawn watchdog: {e}"))?;
+        self.process = Some(NodeProcess { jvm, watchdog });
         Ok(())
     }
 
@@ -653,8 +642,7 @@ impl Node {
                 libc::kill(-(p.jvm.id() as libc::pid_t), libc::SIGKILL);
             }
             let _ = p.jvm.wait();
-            let _ = p.watchdog.kill();
-            let _ = p.watchdog.wait();
+            drop(p.watchdog);
         }
     }
 
@@ -703,18 +691,8 @@ impl Drop for Broker {
 /// A static is never dropped: a second watchdog removes the shared broker's files once this
 /// process has ended (after the node's watchdog killed the JVM).
 fn remove_at_exit(dir: &Path) {
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg("read _ignored; sleep 2; rm -rf \"$0\"")
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    if let Ok(mut child) = child {
-        // Kept open until the process ends; the kernel's close is the signal.
-        std::mem::forget(child.stdin.take());
-        std::mem::forget(child);
+    if let Ok(w) = super::ExitWatchdog::spawn(r#"sleep 2; rm -rf "$1""#, &[dir]) {
+        std::mem::forget(w);
     }
 }
 

@@ -16,6 +16,46 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A `sh` beside this process that runs `script` (`$1`, `$2`… = `args`) once this process
+/// has ended, however it ends (`kill -9` included): its stdin is a pipe only this process
+/// holds, so the kernel closes it at exit and the shell, blocked reading it, wakes. Dropping
+/// the guard kills the shell instead — its owner cleaned up by itself; `std::mem::forget` it
+/// to have it run at exit whatever happens before.
+pub(crate) struct ExitWatchdog {
+    shell: std::process::Child,
+    _stdin: std::process::ChildStdin,
+}
+
+impl ExitWatchdog {
+    pub(crate) fn spawn<S: AsRef<std::ffi::OsStr>>(
+        script: &str,
+        args: &[S],
+    ) -> std::io::Result<ExitWatchdog> {
+        use std::process::Stdio;
+        let mut shell = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("read _ignored\n{script}"))
+            .arg("exit-watchdog")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdin = shell.stdin.take().expect("piped stdin");
+        Ok(ExitWatchdog {
+            shell,
+            _stdin: stdin,
+        })
+    }
+}
+
+impl Drop for ExitWatchdog {
+    fn drop(&mut self) {
+        let _ = self.shell.kill();
+        let _ = self.shell.wait();
+    }
+}
+
 /// A currently free TCP port on 127.0.0.1. Ports are never handed out twice by one test
 /// process (tests run in parallel threads), and servers started by this harness retry with a
 /// new port if the bind fails anyway.

@@ -24,63 +24,34 @@ const START_ATTEMPTS: usize = 4;
 /// server (`pg_ctl stop -m immediate`) and removes its directory (kept on panic).
 ///
 /// A process that ends without dropping it (killed, or a cluster held in a static) would
-/// leave the server running: a [`Watchdog`] stops it then.
+/// leave the server running: its [`watchdog`] stops it then.
 pub struct PgCluster {
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     port: u16,
     running: bool,
     run_as_postgres: bool,
-    watchdog: Option<Watchdog>,
+    watchdog: Option<super::ExitWatchdog>,
 }
 
-/// A `sh` beside the test process whose stdin only this process holds: when the process
-/// ends however it ends, the kernel closes that pipe, the shell reads EOF, stops the
-/// postmaster named in `postmaster.pid` at that moment (SIGQUIT, PostgreSQL's immediate
-/// shutdown, which also frees its shared memory; SIGKILL after 5 s) and removes the cluster's
-/// directory unless artifacts are kept. `Drop` of the cluster kills it first and cleans up
-/// itself. (The brokers have the same guard: `broker.rs`.)
-struct Watchdog {
-    shell: std::process::Child,
-    _stdin: std::process::ChildStdin,
-}
-
-impl Watchdog {
-    fn spawn(root: &Path) -> Option<Watchdog> {
-        let script = r#"read _ignored
-pid=$(head -n 1 "$1/data/postmaster.pid" 2>/dev/null)
+/// The cluster's [`super::ExitWatchdog`]: when the test process ends without dropping the
+/// cluster, it stops the postmaster named in `postmaster.pid` at that moment (SIGQUIT,
+/// PostgreSQL's immediate shutdown, which also frees its shared memory; SIGKILL after 5 s)
+/// and removes the cluster's directory unless artifacts are kept. `Drop` of the cluster
+/// kills it first and cleans up itself.
+fn watchdog(root: &Path) -> Option<super::ExitWatchdog> {
+    const SCRIPT: &str = r#"pid=$(head -n 1 "$1/data/postmaster.pid" 2>/dev/null)
 if [ -n "$pid" ] && kill -QUIT "$pid" 2>/dev/null; then
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null
 fi
 [ "$2" = keep ] || rm -rf "$1""#;
-        let keep = if super::keep_artifacts() {
-            "keep"
-        } else {
-            "remove"
-        };
-        let mut shell = std::process::Command::new("sh")
-            .args(["-c", script, "pg-watchdog"])
-            .arg(root)
-            .arg(keep)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let stdin = shell.stdin.take()?;
-        Some(Watchdog {
-            shell,
-            _stdin: stdin,
-        })
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        let _ = self.shell.kill();
-        let _ = self.shell.wait();
-    }
+    let keep = if super::keep_artifacts() {
+        "keep"
+    } else {
+        "remove"
+    };
+    super::ExitWatchdog::spawn(SCRIPT, &[root.as_os_str(), keep.as_ref()]).ok()
 }
 
 fn pg_bin(name: &str) -> PathBuf {
@@ -158,7 +129,7 @@ impl PgCluster {
             run_as_postgres,
             watchdog: None,
         };
-        pg.watchdog = Watchdog::spawn(&pg.root);
+        pg.watchdog = watchdog(&pg.root);
 
         let data = pg.data_dir();
         let initdb = pg_bin("initdb");
