@@ -22,6 +22,7 @@ use crate::support::broker::Broker;
 use crate::support::kafka::{self, Received};
 use crate::support::postgres::PgCluster;
 use crate::support::proxy::TcpProxy;
+use crate::support::ExitWatchdog;
 
 /// The relay's dead-letter topic (before the env's prefix), created in every env.
 pub const DLQ_TOPIC: &str = "outbox.dlq";
@@ -197,9 +198,15 @@ shutdown-timeout = "10s"
             .stderr(Stdio::from(file))
             .spawn()
             .expect("spawn relay");
+        let watchdog = ExitWatchdog::spawn(
+            &format!("kill -9 {} 2>/dev/null", child.id()),
+            &[] as &[&str],
+        )
+        .ok();
         RelayProc {
             child: Some(child),
             log,
+            watchdog,
         }
     }
 
@@ -402,6 +409,10 @@ impl RelayProc {
 pub struct RelayProc {
     child: Option<Child>,
     pub log: PathBuf,
+    /// Kills the relay if the test process ends without dropping this (a
+    /// test binary killed mid-test left its relays running); dropped with
+    /// the child once it is reaped, so it never outlives the pid.
+    watchdog: Option<ExitWatchdog>,
 }
 
 impl RelayProc {
@@ -414,6 +425,7 @@ impl RelayProc {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            self.watchdog = None;
         }
     }
 
@@ -426,6 +438,7 @@ impl RelayProc {
         let end = std::time::Instant::now() + deadline;
         loop {
             if let Some(st) = c.try_wait().expect("try_wait") {
+                self.watchdog = None;
                 return st;
             }
             if std::time::Instant::now() > end {
@@ -438,15 +451,16 @@ impl RelayProc {
 
     /// The exit status once the relay has exited (`None` while it runs).
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut()?.try_wait().expect("try_wait")
+        let st = self.child.as_mut()?.try_wait().expect("try_wait");
+        if st.is_some() {
+            self.watchdog = None;
+        }
+        st
     }
 
     /// Still running?
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => c.try_wait().expect("try_wait").is_none(),
-            None => false,
-        }
+        self.child.is_some() && self.try_exit().is_none()
     }
 }
 
