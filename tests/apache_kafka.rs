@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::core::write_concurrently;
 use crate::fixture::{Arrival, Env, DLQ_TOPIC};
-use crate::observability::scrape;
+use crate::observability::{samples, scrape};
 use crate::support::broker::{kafka_libs, Broker};
 use crate::support::{self, kafka};
 
@@ -232,12 +232,7 @@ async fn three_brokers_lose_a_leader_and_restart_one_by_one_without_loss() {
             Duration::from_millis(20),
             || async {
                 let text = scrape(&env).await?;
-                let n: f64 = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("outbox_relay_in_flight_messages "))?
-                    .trim()
-                    .parse()
-                    .ok()?;
+                let n = *samples(&text).get("outbox_relay_in_flight_messages")?;
                 (n >= 200.0).then_some(())
             },
         )

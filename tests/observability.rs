@@ -85,11 +85,15 @@ fn exported_metrics(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The value of a metric without labels in a Prometheus text exposition.
-pub fn gauge_value(exposition: &str, name: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+/// `name{labels}` → value, from a Prometheus exposition.
+pub fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The metric names the dashboard and the alert rules use.

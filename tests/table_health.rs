@@ -9,22 +9,12 @@ use outbox_relay::config::{Config, Overrides};
 use outbox_relay::table_health;
 
 use crate::fixture::Env;
+use crate::observability::samples;
 use crate::support;
 
 const TOPIC: &str = "outbox.order";
 const ARCHIVE: &str = "public.outbox_archive";
 const HEALTH_EVERY_300MS: (&str, &str) = ("OUTBOX_RELAY_METRICS_TABLE_HEALTH_INTERVAL", "300ms");
-
-/// `name{labels}` → value, from a Prometheus exposition.
-fn samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
 
 /// What the table says, with the same definitions as the README.
 async fn truth(env: &Env) -> HashMap<String, f64> {
