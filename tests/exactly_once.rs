@@ -50,7 +50,7 @@ impl Eo {
             ),
             (
                 "OUTBOX_RELAY_KAFKA_PROGRESS_TOPIC".into(),
-                env.topic("outbox-relay.progress"),
+                progress_topic_of(&env),
             ),
             (
                 "OUTBOX_RELAY_KAFKA_TRANSACTION_MAX_MESSAGES".into(),
@@ -80,6 +80,11 @@ impl Eo {
         let mut c = self.env.relay_command(args);
         c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         c
+    }
+
+    /// This env's progress topic (`kafka.progress-topic`).
+    pub(crate) fn progress_topic(&self) -> String {
+        progress_topic_of(&self.env)
     }
 
     /// The relay's transactional id: the key of its progress records.
@@ -119,6 +124,10 @@ impl Eo {
     ) -> Vec<Received> {
         read_committed_ids(&self.env, topic, ids, deadline).await
     }
+}
+
+fn progress_topic_of(env: &Env) -> String {
+    env.topic("outbox-relay.progress")
 }
 
 pub(crate) async fn read_committed_ids(
@@ -255,7 +264,7 @@ async fn crash_at_each_dangerous_point_delivers_exactly_once() {
     .await;
     let progress = kafka::read_committed_until_async(
         &eo.env.bootstrap(),
-        &eo.env.topic("outbox-relay.progress"),
+        &eo.progress_topic(),
         Duration::from_secs(10),
         |got, last| !got.is_empty() && last.elapsed() >= Duration::from_secs(1),
     )
@@ -269,7 +278,7 @@ async fn crash_at_each_dangerous_point_delivers_exactly_once() {
     // `init` made it compacted with short segments (a restart scans it).
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         kafka::client_config(&eo.env.bootstrap()).create().unwrap();
-    let progress_topic = eo.env.topic("outbox-relay.progress");
+    let progress_topic = eo.progress_topic();
     let configs = admin
         .describe_configs(
             [&rdkafka::admin::ResourceSpecifier::Topic(&progress_topic)],
@@ -353,7 +362,7 @@ async fn a_foreign_open_transaction_on_the_progress_topic_is_waited_out() {
     let mut ids: HashSet<i64> = insert(&eo.env, 1, 5).await.into_iter().collect();
     eo.read_committed(TOPIC, &ids, Duration::from_secs(60))
         .await;
-    let (bootstrap, topic) = (eo.env.bootstrap(), eo.env.topic("outbox-relay.progress"));
+    let (bootstrap, topic) = (eo.env.bootstrap(), eo.progress_topic());
     let other = tokio::task::spawn_blocking(move || {
         let p: BaseProducer = kafka::client_config(&bootstrap)
             .set("transactional.id", "another-relay")

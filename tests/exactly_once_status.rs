@@ -62,7 +62,7 @@ fn status_text(eo: &Eo) -> String {
 async fn last_progress_record(eo: &Eo, key: &str) -> Option<ProgressRecord> {
     let got = kafka::read_committed_until_async(
         &eo.env.bootstrap(),
-        &eo.env.topic("outbox-relay.progress"),
+        &eo.progress_topic(),
         Duration::from_secs(10),
         |got, last| !got.is_empty() && last.elapsed() >= Duration::from_millis(500),
     )
@@ -171,10 +171,7 @@ async fn status_shows_the_progress_record_and_answers_with_the_broker_stopped() 
     )
     .await;
     let (s, _) = status_json(&eo, &[]);
-    assert_eq!(
-        s["progress"]["topic"],
-        eo.env.topic("outbox-relay.progress")
-    );
+    assert_eq!(s["progress"]["topic"], eo.progress_topic());
     assert_progress_matches(&s, &rec, &key);
     assert_eq!(
         last_progress_record(&eo, &key).await.as_ref(),
